@@ -1,0 +1,1 @@
+"""Library behind main.ipynb and scripts/: data, models glue, training, evaluation."""

@@ -1,0 +1,187 @@
+"""Seeding, devices, safe file writes, run folders, colour maps and figures."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import random
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lib.classes import STREETHAZARDS_CLASSES, STREETHAZARDS_PALETTE
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' -> CUDA if available else CPU; otherwise the named device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write a file so that readers see the old or the new content, never half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """torch.save through a temporary file and a rename (a crash never leaves a torn file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def append_csv_row(path: str | Path, row: Mapping[str, Any]) -> None:
+    """Append one row to a CSV, widening the header when the row brings new columns.
+
+    The whole file is rewritten atomically, so an interrupted append loses nothing.
+    """
+    path = Path(path)
+    rows: list[dict[str, Any]] = []
+    header: list[str] = []
+    if path.is_file():
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            rows = list(reader)
+    header += [k for k in row if k not in header]
+    rows.append(dict(row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=header, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buffer.getvalue().encode())
+
+
+def next_run_dir(out_dir: str | Path, name: str | None = None) -> Path:
+    """Create and return ``out_dir/runs/<name>``, or the next free ``run_N`` (never reused)."""
+    runs = Path(out_dir) / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    if name is not None:
+        path = runs / name
+        if path.exists():
+            raise FileExistsError(f"run folder {path} exists; choose another run_name or delete it")
+        path.mkdir()
+        return path
+    taken = [int(m.group(1)) for p in runs.iterdir() if (m := re.fullmatch(r"run_(\d+)", p.name))]
+    n = max(taken, default=-1) + 1
+    while True:
+        path = runs / f"run_{n}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            n += 1
+
+
+# ----------------------------------------------------------------------------- colours
+
+
+def colorize(
+    labels: torch.Tensor | np.ndarray, palette: Sequence[tuple[int, int, int]] = STREETHAZARDS_PALETTE
+) -> np.ndarray:
+    """Train-id map -> RGB image; ignored pixels are white. Shape: (H, W) -> (H, W, 3) uint8."""
+    labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+    lut = np.full((256, 3), 255, dtype=np.uint8)
+    lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)
+    return lut[np.clip(labels, 0, 255).astype(np.uint8)]
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def plot_example(
+    image: torch.Tensor,
+    target: torch.Tensor,
+    prediction: torch.Tensor,
+    anomaly_map: torch.Tensor,
+    *,
+    score_name: str = "score",
+    class_names: Sequence[str] = STREETHAZARDS_CLASSES,
+):
+    """Image / ground truth / prediction / anomaly map in one row; returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.2), constrained_layout=True)
+    axes[0].imshow(image.permute(1, 2, 0).cpu().numpy())
+    axes[0].set_title("image")
+    axes[1].imshow(colorize(target))
+    axes[1].set_title("ground truth (cyan = anomaly)")
+    axes[2].imshow(colorize(prediction))
+    axes[2].set_title("prediction")
+    shown = anomaly_map.float().cpu().numpy()
+    im = axes[3].imshow(shown, cmap="inferno")
+    axes[3].set_title(f"anomaly map: {score_name}")
+    fig.colorbar(im, ax=axes[3], fraction=0.046)
+    anomaly = (target == class_names.index("anomaly")).cpu().numpy()
+    if anomaly.any():
+        axes[3].contour(anomaly, levels=[0.5], colors="cyan", linewidths=0.8)
+    for ax in axes:
+        ax.axis("off")
+    return fig
+
+
+def plot_score_bars(
+    metrics: Mapping[str, float], score_names: Sequence[str], *, protocol: str = "pooled", title: str = ""
+):
+    """Bar plot of AUPR, AUROC and FPR95 (percent) per anomaly score; returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    keys = ("AUPR", "AUROC", "FPR95")
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2), constrained_layout=True)
+    for ax, key in zip(axes, keys, strict=True):
+        values = [metrics[f"ood/{s}/{key}/{protocol}"] for s in score_names]
+        bars = ax.bar(score_names, values, color=["#4c72b0", "#dd8452", "#55a868", "#c44e52"][: len(values)])
+        ax.bar_label(bars, fmt="%.1f", fontsize=8)
+        ax.set_title(f"{key} ({protocol}){' - lower is better' if key == 'FPR95' else ''}")
+        ax.set_ylim(0, 105)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_history(history: Sequence[Mapping[str, float]]):
+    """Training and validation loss (and validation mIoU) per epoch; returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_iou) = plt.subplots(1, 2, figsize=(10, 3.2), constrained_layout=True)
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train")
+    ax_loss.plot(epochs, [h["val_loss"] for h in history], marker="o", label="validation")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("loss")
+    ax_loss.legend()
+    ax_iou.plot(epochs, [h["val_mIoU"] for h in history], marker="o", color="#55a868")
+    ax_iou.set_xlabel("epoch")
+    ax_iou.set_ylabel("validation mIoU (%)")
+    return fig

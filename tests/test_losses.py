@@ -1,0 +1,83 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lib.losses import SegmentationLoss, entropy_term, focal_loss
+
+
+def _random(seed=0, c=5):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(2, c, 4, 6, generator=g) * 3
+    target = torch.randint(0, c, (2, 4, 6), generator=g)
+    target[0, 0, :3] = 255
+    return logits, target
+
+
+def test_focal_gamma_zero_equals_cross_entropy():
+    logits, target = _random()
+    assert torch.allclose(
+        focal_loss(logits, target, gamma=0), F.cross_entropy(logits, target, ignore_index=255)
+    )
+
+
+def test_focal_gamma_zero_equals_weighted_cross_entropy():
+    logits, target = _random(1)
+    weight = torch.tensor([0.5, 2.0, 1.0, 3.0, 0.1])
+    expected = F.cross_entropy(logits, target, weight=weight, ignore_index=255)
+    assert torch.allclose(focal_loss(logits, target, gamma=0, weight=weight), expected)
+
+
+def test_focal_hand_computed():
+    # Two classes, one pixel, logits (0, 0): p_y = 0.5, loss = (1 - 0.5)^2 * log 2.
+    logits = torch.zeros(1, 2, 1, 1)
+    target = torch.zeros(1, 1, 1, dtype=torch.long)
+    assert focal_loss(logits, target, gamma=2).item() == pytest.approx(0.25 * math.log(2))
+
+
+def test_focal_down_weights_easy_pixels():
+    logits = torch.tensor([[10.0, 0.0], [0.0, 0.0]]).T.reshape(1, 2, 1, 2)  # pixel 0 easy, pixel 1 hard
+    target = torch.zeros(1, 1, 2, dtype=torch.long)
+    per_pixel_ce = F.cross_entropy(logits, target, reduction="none").flatten()
+    fl = focal_loss(logits, target, gamma=2)
+    assert fl < per_pixel_ce.mean()
+
+
+def test_entropy_term_hand_computed():
+    # Uniform over 4 classes -> entropy log 4; a one-hot-like pixel -> ~0. Ignored pixel does not count.
+    logits = torch.zeros(1, 4, 1, 3)
+    logits[0, 0, 0, 1] = 100.0
+    target = torch.tensor([[[0, 0, 255]]])
+    assert entropy_term(logits, target).item() == pytest.approx(math.log(4) / 2, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["ce", "ce+h", "fl", "fl+h"])
+def test_segmentation_loss_definitions(name):
+    logits, target = _random(2)
+    loss = SegmentationLoss(name, gamma_focal=2.0, entropy_weight=0.3)(logits, target)
+    expected = focal_loss(logits, target, gamma=2.0 if name.startswith("fl") else 0.0)
+    if name.endswith("+h"):
+        expected = expected + 0.3 * entropy_term(logits, target)
+    assert torch.allclose(loss, expected)
+
+
+def test_anomaly_and_ignore_labels_do_not_count():
+    logits, target = _random(3)
+    with_anomaly = target.clone()
+    with_anomaly[1, 1, :2] = 13  # anomaly id, outside the 5 model classes
+    reference = target.clone()
+    reference[1, 1, :2] = 255
+    loss = SegmentationLoss("fl+h")
+    assert torch.allclose(loss(logits, with_anomaly), loss(logits, reference))
+
+
+def test_all_ignored_gives_zero_not_nan():
+    logits = torch.randn(1, 3, 2, 2)
+    target = torch.full((1, 2, 2), 255)
+    assert SegmentationLoss("fl+h")(logits, target).item() == 0.0
+
+
+def test_unknown_loss_lists_valid_names():
+    with pytest.raises(ValueError, match="ce, ce\\+h, fl, fl\\+h"):
+        SegmentationLoss("dice")

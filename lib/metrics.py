@@ -1,0 +1,396 @@
+"""Streaming metrics whose memory does not grow with the number of pixels.
+
+Both metrics keep their state on the device of the inputs (or the ``device`` they were given),
+update it with one ``torch.bincount`` per call, and hold nothing but a fixed-size integer
+histogram, so a whole test split can be streamed through them:
+
+* `ConfusionMatrix` -- closed-set segmentation: per-class IoU, mIoU, pixel and class accuracy.
+* `AnomalyMetric` -- pixel-level anomaly detection, pooled over every counted pixel of a split:
+  AUPR (average precision), AUROC and FPR at 95 % TPR, computed from exact-rank histograms
+  of the float32 score bits.
+
+States are plain int64 tensors listed by ``state_tensors``; summing them across processes
+(``torch.distributed.all_reduce``) or with ``merge`` gives the state of the union of the data.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from lib.classes import IGNORE_INDEX
+
+__all__ = ["AnomalyMetric", "ConfusionMatrix"]
+
+
+def _as_device(device: torch.device | str | None) -> torch.device | None:
+    return None if device is None else torch.device(device)
+
+
+def _nanmean(values: np.ndarray) -> float:
+    """Mean of the non-NaN values; NaN (without numpy's RuntimeWarning) when there are none."""
+    kept = values[~np.isnan(values)]
+    return float(kept.mean()) if kept.size else math.nan
+
+
+# ================================================================================ segmentation
+
+
+class ConfusionMatrix:
+    """Streaming ``C x C`` confusion matrix (rows: target class, columns: predicted class).
+
+    Pixels whose target equals ``ignore_index`` or lies outside ``[0, num_classes)`` are not
+    counted (e.g. the StreetHazards anomaly class, id 13, when ``num_classes`` is 13).
+    Predictions must lie in ``[0, num_classes)``; anything else raises ``ValueError``.
+
+    Absent classes (rule used by `compute`):
+
+    * ``IoU[c]`` is NaN when class ``c`` appears neither in the target nor in the prediction
+      (union 0). A class predicted but never in the target has IoU 0, not NaN.
+    * ``class_accuracy[c]`` (recall) is NaN when ``c`` never appears in the target.
+    * ``mIoU``, ``minIoU``, ``maxIoU`` and ``mean_class_accuracy`` ignore NaN entries and the
+      classes listed in ``exclude``; they are NaN if no class is left.
+    * ``pixel_accuracy`` is over all counted pixels (``exclude`` does not change it); NaN when
+      no pixel has been counted.
+    """
+
+    def __init__(
+        self, num_classes: int, *, ignore_index: int = IGNORE_INDEX, device: torch.device | str | None = None
+    ) -> None:
+        if int(num_classes) < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = int(num_classes)
+        self.ignore_index = int(ignore_index)
+        self._device = _as_device(device)
+        self.matrix = torch.zeros(
+            self.num_classes, self.num_classes, dtype=torch.int64, device=self._device or "cpu"
+        )
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def device(self) -> torch.device:
+        return self.matrix.device
+
+    @property
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The live state tensors by attribute name; summing them over processes merges states."""
+        return {"matrix": self.matrix}
+
+    def reset(self) -> None:
+        """Forget every counted pixel (the state stays on its device)."""
+        self.matrix.zero_()
+
+    def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
+        """Add another matrix's counts into this one (same ``num_classes``); returns self."""
+        if not isinstance(other, ConfusionMatrix) or other.num_classes != self.num_classes:
+            raise ValueError("can only merge a ConfusionMatrix with the same num_classes")
+        self.matrix += other.matrix.to(self.device)
+        return self
+
+    def _place(self, device: torch.device) -> torch.device:
+        """Move the (still empty) state to the first input's device unless a device was given."""
+        if self._device is None:
+            self._device = device
+            if self.matrix.device != device:
+                self.matrix = self.matrix.to(device)
+        return self.matrix.device
+
+    # ------------------------------------------------------------------ update / compute
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Count one batch. ``pred`` and ``target``: integer tensors of equal shape, e.g. (N, H, W)."""
+        if pred.shape != target.shape:
+            raise ValueError(f"pred and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
+        if pred.is_floating_point() or pred.is_complex() or target.is_floating_point():
+            raise ValueError(f"pred and target must be integer tensors, got {pred.dtype} and {target.dtype}")
+        device = self._place(target.device)
+        c = self.num_classes
+        pred = pred.detach().reshape(-1).to(device=device, dtype=torch.int64)
+        target = target.detach().reshape(-1).to(device=device, dtype=torch.int64)
+        if pred.numel() == 0:
+            return
+        lo, hi = torch.aminmax(pred)
+        lo, hi = int(lo), int(hi)
+        if lo < 0 or hi >= c:
+            raise ValueError(
+                f"pred contains class ids outside [0, {c}) (min {lo}, max {hi}); "
+                f"predictions must be class indices of a {c}-class model"
+            )
+        counted = (target >= 0) & (target < c) & (target != self.ignore_index)
+        # Uncounted pixels go to one extra bin that is dropped: no boolean indexing, no sync.
+        index = torch.where(counted, target * c + pred, c * c)
+        self.matrix += torch.bincount(index, minlength=c * c + 1)[: c * c].view(c, c)
+
+    def compute(self, *, exclude: Sequence[int] = ()) -> dict:
+        """Segmentation metrics as python floats (fractions in [0, 1]) and per-class lists.
+
+        Args:
+            exclude: class ids left out of mIoU / minIoU / maxIoU / mean_class_accuracy
+                (their per-class values are still reported).
+
+        Returns:
+            dict with ``IoU`` and ``class_accuracy`` (lists, one float per class, NaN for absent
+            classes as described in the class docstring), ``mIoU``, ``minIoU``, ``maxIoU``,
+            ``pixel_accuracy``, ``mean_class_accuracy`` (floats) and ``n_pixels`` (int).
+        """
+        c = self.num_classes
+        excluded = [int(k) for k in exclude]
+        bad = [k for k in excluded if not 0 <= k < c]
+        if bad:
+            raise ValueError(f"exclude has class ids outside [0, {c}): {bad}")
+        cm = self.matrix.detach().cpu().numpy().astype(np.float64)
+        tp = np.diag(cm)
+        in_target = cm.sum(axis=1)
+        in_pred = cm.sum(axis=0)
+        union = in_target + in_pred - tp
+        with np.errstate(divide="ignore", invalid="ignore"):
+            iou = np.where(union > 0, tp / union, np.nan)
+            recall = np.where(in_target > 0, tp / in_target, np.nan)
+        keep = np.ones(c, dtype=bool)
+        keep[excluded] = False
+        kept_iou = iou[keep]
+        kept_iou = kept_iou[~np.isnan(kept_iou)]
+        total = cm.sum()
+        return {
+            "IoU": iou.tolist(),
+            "class_accuracy": recall.tolist(),
+            "mIoU": _nanmean(iou[keep]),
+            "minIoU": float(kept_iou.min()) if kept_iou.size else math.nan,
+            "maxIoU": float(kept_iou.max()) if kept_iou.size else math.nan,
+            "pixel_accuracy": float(tp.sum() / total) if total > 0 else math.nan,
+            "mean_class_accuracy": _nanmean(recall[keep]),
+            "n_pixels": int(total),
+        }
+
+
+# ================================================================================ anomaly
+
+
+def _score_bins(scores: torch.Tensor, bits: int) -> torch.Tensor:
+    """Order-preserving bin index in ``[0, 2**bits)`` of each float32 score (int32, flat).
+
+    The float32 bit pattern ``i`` is read as sign and magnitude; ``key = +mag`` for
+    non-negative floats and ``-mag`` for negative ones is an int32 ordered exactly like the
+    floats (IEEE magnitudes are ordered like their bit patterns), with -0.0 and +0.0 both
+    mapped to 0. The top ``bits`` bits of the 32-bit key (an arithmetic shift, shifted to be
+    non-negative) are the bin. This is the classic "flip all bits of negatives, the sign bit
+    of positives" radix key, up to a constant offset, except that it also merges the zeros.
+    """
+    i = scores.reshape(-1).view(torch.int32)
+    mag = i & 0x7FFFFFFF
+    key = torch.where(i < 0, -mag, mag)
+    return (key >> (32 - bits)) + (1 << (bits - 1))
+
+
+def _bin_lower_edges(bins: np.ndarray, bits: int) -> np.ndarray:
+    """Smallest float32 that falls in each bin (inverse of `_score_bins`), -inf for the lowest."""
+    key = (bins.astype(np.int64) - (1 << (bits - 1))) << (32 - bits)
+    mag = np.abs(key)
+    pattern = np.where(key < 0, mag | 0x80000000, mag) & 0xFFFFFFFF
+    edge = pattern.astype(np.uint32).view(np.float32).astype(np.float64)
+    # The lowest key of the bin holding -inf lies beyond it (a NaN pattern or past the sign bit).
+    return np.where(mag > 0x7F800000, np.where(key < 0, -np.inf, np.inf), edge)
+
+
+class AnomalyMetric:
+    """Pixel-level AUPR, AUROC and FPR95 pooled over all counted pixels, in constant memory.
+
+    Positives are anomaly pixels; a higher score means "more anomalous".
+
+    Method (exact-rank histograms): every score is cast to float32 and mapped to an integer
+    with the same order as the floats (see `_score_bins`); its top ``bits`` bits index two
+    int64 histograms of ``2**bits`` bins, one for anomaly and one for inlier pixels, filled by
+    one ``torch.bincount`` per update. Memory is ``2 * 2**bits * 8`` bytes (16 MiB at the
+    default ``bits=20``) however many pixels are streamed.
+
+    The only approximation: scores in the same bin are tied (one threshold). Bins never
+    straddle a power of two, and each binade ``[2**e, 2**(e+1))`` (likewise for negatives) holds
+    ``2**(bits - 9)`` equal bins (1 sign + 8 exponent bits come first), so tied scores differ by
+    less than ``2**-(bits - 9)`` relative (4.9e-4 at ``bits=20``) and scores that differ by more
+    are never tied. E.g. at ``bits=20``, 0.75 and 0.75 + 1e-7 are tied (that bin spans
+    [0.75, 0.75 + 2.4e-4)) while 0.75 and 0.751 are not, nor are 0.9999999 and 1.0 (another
+    binade). Inputs of other float dtypes are first rounded to float32. If scores that matter
+    differ by less, pass them through a strictly increasing transform that spreads them (the
+    metrics depend only on the order), e.g. ``-log(1 - p)`` for probabilities near 1.
+
+    ``compute`` then walks the non-empty bins from the highest score down, one threshold per
+    bin with ties grouped as in scikit-learn, and returns:
+
+    * ``AUPR``: ``sklearn.metrics.average_precision_score``, i.e. ``sum_n (R_n - R_{n-1}) P_n``.
+    * ``AUROC``: trapezoidal area under (FPR, TPR) from (0, 0), as ``roc_auc_score``.
+    * ``FPR95``: as ``fpr_and_fdr_at_recall(..., recall_level=0.95)`` of the official
+      anomaly-seg / outlier-exposure code: of the thresholds up to the first reaching full
+      recall (plus that code's appended point of recall 1 and 0 false positives), the one whose
+      recall is closest to 0.95 (first on ties, in that code's reversed order); its FP / negatives.
+
+    Without any anomaly pixel or any inlier pixel the three metrics are NaN, with a warning.
+    Scores of any finite magnitude and +-inf are fine; NaN among counted pixels raises
+    ``ValueError`` (pixels outside ``valid`` are not checked).
+    """
+
+    def __init__(self, *, bits: int = 20, device: torch.device | str | None = None) -> None:
+        if not 1 <= int(bits) <= 28:
+            raise ValueError(f"bits must be in [1, 28] (memory 2**(bits + 4) bytes), got {bits}")
+        self.bits = int(bits)
+        self._device = _as_device(device)
+        self.pos_hist = torch.zeros(1 << self.bits, dtype=torch.int64, device=self._device or "cpu")
+        self.neg_hist = torch.zeros_like(self.pos_hist)
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def device(self) -> torch.device:
+        return self.pos_hist.device
+
+    @property
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The live state tensors by attribute name (anomaly and inlier histograms).
+
+        Summing each over processes (e.g. ``dist.all_reduce`` in place) merges the states.
+        """
+        return {"pos_hist": self.pos_hist, "neg_hist": self.neg_hist}
+
+    def reset(self) -> None:
+        """Forget every counted pixel (the state stays on its device)."""
+        self.pos_hist.zero_()
+        self.neg_hist.zero_()
+
+    def merge(self, other: AnomalyMetric) -> AnomalyMetric:
+        """Add another metric's histograms into this one (same ``bits``); returns self."""
+        if not isinstance(other, AnomalyMetric) or other.bits != self.bits:
+            raise ValueError("can only merge an AnomalyMetric with the same bits")
+        self.pos_hist += other.pos_hist.to(self.device)
+        self.neg_hist += other.neg_hist.to(self.device)
+        return self
+
+    def _place(self, device: torch.device) -> torch.device:
+        if self._device is None:
+            self._device = device
+            if self.pos_hist.device != device:
+                self.pos_hist = self.pos_hist.to(device)
+                self.neg_hist = self.neg_hist.to(device)
+        return self.pos_hist.device
+
+    # ------------------------------------------------------------------ update
+
+    def update(
+        self, scores: torch.Tensor, is_anomaly: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> None:
+        """Count one batch of pixels.
+
+        Args:
+            scores: floating scores of any shape; higher = more anomalous.
+            is_anomaly: bool (or 0/1 integer) tensor of the same shape; True = positive.
+            valid: optional bool tensor of the same shape; only True pixels are counted.
+        """
+        if scores.shape != is_anomaly.shape:
+            raise ValueError(
+                f"scores and is_anomaly shapes differ: {tuple(scores.shape)} vs {tuple(is_anomaly.shape)}"
+            )
+        if valid is not None and valid.shape != scores.shape:
+            raise ValueError(
+                f"valid shape {tuple(valid.shape)} differs from scores shape {tuple(scores.shape)}"
+            )
+        device = self._place(scores.device)
+        if scores.numel() == 0:
+            return
+        x = scores.detach().to(device=device, dtype=torch.float32)
+        label = is_anomaly.detach().reshape(-1).to(device)
+        label = label.to(torch.int32) if label.dtype == torch.bool else (label != 0).to(torch.int32)
+        nan = torch.isnan(x.reshape(-1))
+        if valid is not None:
+            keep = valid.detach().reshape(-1).to(device=device, dtype=torch.bool)
+            nan &= keep
+        if bool(nan.any()):
+            raise ValueError(
+                f"anomaly scores contain {int(nan.sum())} NaN value(s) among the counted pixels; "
+                "NaN has no rank (check the score computation for 0/0 or inf - inf)"
+            )
+        n_bins = 1 << self.bits
+        index = _score_bins(x, self.bits) * 2 + label  # bin * 2 + (1 if anomaly)
+        if valid is not None:
+            # Uncounted pixels go to one extra bin that is dropped: no boolean indexing.
+            index = torch.where(keep, index, 2 * n_bins)
+        counts = torch.bincount(index, minlength=2 * n_bins + 1)[: 2 * n_bins].view(n_bins, 2)
+        self.neg_hist += counts[:, 0]
+        self.pos_hist += counts[:, 1]
+
+    # ------------------------------------------------------------------ compute
+
+    def _cumulative(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(bins, tps, fps) at each non-empty bin, from the highest score down (int64 numpy)."""
+        pos = self.pos_hist.detach().cpu().numpy()
+        neg = self.neg_hist.detach().cpu().numpy()
+        bins = np.flatnonzero(pos + neg)[::-1]
+        return bins, np.cumsum(pos[bins]), np.cumsum(neg[bins])
+
+    def compute(self) -> dict:
+        """``{"AUPR", "AUROC", "FPR95"}`` as floats in [0, 1], ``"protocol": "pooled"``, ``n_pos``, ``n_neg``."""
+        _, tps, fps = self._cumulative()
+        n_pos = int(tps[-1]) if tps.size else 0
+        n_neg = int(fps[-1]) if fps.size else 0
+        out = {"AUPR": math.nan, "AUROC": math.nan, "FPR95": math.nan}
+        if n_pos == 0 or n_neg == 0:
+            missing = "anomaly (positive)" if n_pos == 0 else "inlier (negative)"
+            warnings.warn(
+                f"AnomalyMetric saw no {missing} pixel ({n_pos} anomaly, {n_neg} inlier pixels counted): "
+                "AUPR, AUROC and FPR95 are undefined and returned as NaN",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return {**out, "protocol": "pooled", "n_pos": n_pos, "n_neg": n_neg}
+        tps_f = tps.astype(np.float64)
+        fps_f = fps.astype(np.float64)
+        recall = tps_f / n_pos
+        precision = tps_f / (tps_f + fps_f)  # every threshold has >= 1 pixel above it
+        # Average precision: sum_n (R_n - R_{n-1}) P_n with R_0 = 0.
+        out["AUPR"] = float(np.sum(np.diff(recall, prepend=0.0) * precision))
+        # Trapezoids under (FPR, TPR) starting at (0, 0).
+        tpr = np.concatenate(([0.0], recall))
+        fpr = np.concatenate(([0.0], fps_f / n_neg))
+        out["AUROC"] = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1])) / 2.0)
+        # FPR95, following fpr_and_fdr_at_recall of the official anomaly-seg code.
+        last = int(np.searchsorted(tps, tps[-1]))
+        rec = np.concatenate((recall[last::-1], [1.0]))
+        fp = np.concatenate((fps_f[last::-1], [0.0]))
+        out["FPR95"] = float(fp[np.argmin(np.abs(rec - 0.95))] / n_neg)
+        return {**out, "protocol": "pooled", "n_pos": n_pos, "n_neg": n_neg}
+
+    def curves(self) -> dict[str, np.ndarray]:
+        """Curves for plotting, from the same state, one point per threshold (non-empty bin).
+
+        Returns numpy arrays ordered from the highest threshold down:
+
+        * ``thresholds`` (float64): the smallest float32 of each bin (a pixel is "above" the
+          threshold when its score falls in this bin or a higher one); ``tps``, ``fps`` (int64).
+        * ``precision``, ``recall``: one per threshold (recall increasing); like scikit-learn's
+          curve without its appended (recall 0, precision 1) end point.
+        * ``fpr``, ``tpr``: with (0, 0) prepended, so ``np.trapezoid(tpr, fpr) == AUROC``.
+
+        Empty arrays when nothing was counted; NaN recall/TPR (FPR) without positives (negatives).
+        """
+        bins, tps, fps = self._cumulative()
+        tps_f, fps_f = tps.astype(np.float64), fps.astype(np.float64)
+        n_pos = tps_f[-1] if tps.size else 0.0
+        n_neg = fps_f[-1] if fps.size else 0.0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            recall = tps_f / n_pos
+            fpr = fps_f / n_neg
+            precision = tps_f / (tps_f + fps_f)
+        return {
+            "thresholds": _bin_lower_edges(bins, self.bits),
+            "tps": tps,
+            "fps": fps,
+            "precision": precision,
+            "recall": recall,
+            "fpr": np.concatenate(([0.0], fpr)),
+            "tpr": np.concatenate(([0.0], recall)),
+        }
+
+    def __repr__(self) -> str:
+        return f"AnomalyMetric(bits={self.bits}, device={self.device})"

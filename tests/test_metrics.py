@@ -1,0 +1,335 @@
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score
+
+from lib.metrics import AnomalyMetric, ConfusionMatrix
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+# ============================================================================== reference
+
+
+def reference_fpr95(y_true: np.ndarray, y_score: np.ndarray, recall_level: float = 0.95) -> float:
+    """FPR at 95 % recall as `fpr_and_fdr_at_recall` of the official anomaly-seg code defines it."""
+    y_true = np.asarray(y_true).astype(bool)
+    y_score = np.asarray(y_score, dtype=np.float64)
+    desc_score_indices = np.argsort(y_score, kind="mergesort")[::-1]
+    y_score = y_score[desc_score_indices]
+    y = y_true[desc_score_indices].astype(np.int64)
+    distinct_value_indices = np.where(np.diff(y_score))[0]
+    threshold_idxs = np.r_[distinct_value_indices, y.size - 1]
+    tps = np.cumsum(y)[threshold_idxs]
+    fps = 1 + threshold_idxs - tps
+    recall = tps / tps[-1]
+    last_ind = tps.searchsorted(tps[-1])
+    sl = slice(last_ind, None, -1)
+    recall = np.r_[recall[sl], 1]
+    fps = np.r_[fps[sl], 0]
+    cutoff = np.argmin(np.abs(recall - recall_level))
+    return float(fps[cutoff] / np.sum(~y_true))
+
+
+def reference(y_true: np.ndarray, y_score: np.ndarray) -> dict[str, float]:
+    return {
+        "AUPR": average_precision_score(y_true, y_score),
+        "AUROC": roc_auc_score(y_true, y_score),
+        "FPR95": reference_fpr95(y_true, y_score),
+    }
+
+
+def streamed(scores: np.ndarray, labels: np.ndarray, chunks: int = 1, **kwargs) -> AnomalyMetric:
+    metric = AnomalyMetric(**kwargs)
+    for s, y in zip(np.array_split(scores, chunks), np.array_split(labels, chunks), strict=True):
+        metric.update(torch.from_numpy(np.ascontiguousarray(s)), torch.from_numpy(np.ascontiguousarray(y)))
+    return metric
+
+
+def assert_matches(result: dict, expected: dict, atol: float) -> None:
+    for key in ("AUPR", "AUROC", "FPR95"):
+        assert result[key] == pytest.approx(expected[key], abs=atol), key
+
+
+def test_reference_fpr95_hand_computed():
+    # Scores descending: + + - + - -; tps 1 2 2 3 3 3; fps 0 0 1 1 2 3; recall .33 .67 .67 1 ...
+    y = np.array([1, 1, 0, 1, 0, 0])
+    s = np.array([6.0, 5, 4, 3, 2, 1])
+    # Up to the first full-recall point: recall 1 (index 3) is closest to 0.95 -> 1 FP of 3.
+    assert reference_fpr95(y, s) == pytest.approx(1 / 3)
+
+
+# ============================================================================== confusion
+
+
+def test_confusion_hand_computed():
+    cm = ConfusionMatrix(3, ignore_index=255)
+    target = torch.tensor([[0, 0, 1, 1, 255, 7]])
+    pred = torch.tensor([[0, 1, 1, 1, 2, 2]])  # last two pixels are not counted
+    cm.update(pred, target)
+    assert cm.matrix.tolist() == [[1, 1, 0], [0, 2, 0], [0, 0, 0]]
+    out = cm.compute()
+    iou = out["IoU"]
+    assert iou[0] == 0.5  # tp 1, union 2
+    assert iou[1] == pytest.approx(2 / 3)  # tp 2, union 3
+    assert math.isnan(iou[2])  # neither in target nor in prediction (ignored pixels do not count)
+    assert out["mIoU"] == pytest.approx((0.5 + 2 / 3) / 2)
+    assert out["minIoU"] == 0.5
+    assert out["maxIoU"] == pytest.approx(2 / 3)
+    assert out["pixel_accuracy"] == pytest.approx(3 / 4)
+    assert out["class_accuracy"][:2] == [0.5, 1.0] and math.isnan(out["class_accuracy"][2])
+    assert out["mean_class_accuracy"] == pytest.approx(0.75)
+    assert out["n_pixels"] == 4
+    assert all(isinstance(out[k], float) for k in ("mIoU", "minIoU", "maxIoU", "pixel_accuracy"))
+
+
+def test_confusion_exclude_and_predicted_only_class():
+    cm = ConfusionMatrix(3)
+    cm.update(torch.tensor([0, 2, 1]), torch.tensor([0, 0, 1]))  # class 2 predicted, never a target
+    out = cm.compute()
+    assert out["IoU"] == [0.5, 1.0, 0.0]  # predicted-only class: IoU 0, not NaN
+    assert math.isnan(out["class_accuracy"][2])
+    assert out["mIoU"] == pytest.approx(0.5)
+    excl = cm.compute(exclude=[2])
+    assert excl["mIoU"] == pytest.approx(0.75)
+    assert excl["minIoU"] == 0.5 and excl["maxIoU"] == 1.0
+    assert excl["IoU"] == out["IoU"]  # per-class values are still reported
+    assert math.isnan(cm.compute(exclude=[0, 1, 2])["mIoU"])
+    with pytest.raises(ValueError, match="exclude"):
+        cm.compute(exclude=[3])
+
+
+def test_confusion_pred_out_of_range_raises():
+    cm = ConfusionMatrix(3)
+    with pytest.raises(ValueError, match=r"outside \[0, 3\)"):
+        cm.update(torch.tensor([0, 3]), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"outside \[0, 3\)"):
+        cm.update(torch.tensor([-1, 0]), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="shapes differ"):
+        cm.update(torch.tensor([0, 1]), torch.tensor([0]))
+    assert cm.matrix.sum() == 0
+
+
+def test_confusion_chunks_equal_one_update_and_sklearn():
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 6, (4, 9, 11), generator=g)
+    target[torch.rand(target.shape, generator=g) < 0.1] = 255
+    pred = torch.randint(0, 5, (4, 9, 11), generator=g)
+    one = ConfusionMatrix(5)
+    one.update(pred, target)
+    chunked = ConfusionMatrix(5)
+    for p, t in zip(pred.split(1), target.split(1), strict=True):
+        chunked.update(p, t)
+    assert torch.equal(one.matrix, chunked.matrix)
+    counted = (target != 255) & (target < 5)
+    expected = confusion_matrix(target[counted].numpy(), pred[counted].numpy(), labels=range(5))
+    assert one.matrix.numpy().tolist() == expected.tolist()
+    merged = ConfusionMatrix(5)
+    merged.merge(chunked)
+    assert torch.equal(merged.matrix, one.matrix)
+    one.reset()
+    assert one.matrix.sum() == 0 and math.isnan(one.compute()["pixel_accuracy"])
+
+
+# ============================================================================== anomaly
+
+
+@pytest.fixture(scope="module")
+def continuous():
+    rng = np.random.default_rng(0)
+    n = 100_000
+    y = rng.random(n) < 0.03
+    s = (rng.normal(size=n) + 1.5 * y).astype(np.float32)
+    return s, y
+
+
+def test_anomaly_random_continuous_matches_sklearn(continuous):
+    s, y = continuous
+    valid = np.random.default_rng(1).random(s.size) > 0.1
+    metric = AnomalyMetric()
+    for chunk in np.array_split(np.arange(s.size), 5):
+        metric.update(torch.from_numpy(s[chunk]), torch.from_numpy(y[chunk]), torch.from_numpy(valid[chunk]))
+    out = metric.compute()
+    assert out["protocol"] == "pooled"
+    assert out["n_pos"] == int((y & valid).sum()) and out["n_neg"] == int((~y & valid).sum())
+    assert_matches(out, reference(y[valid], s[valid]), atol=1e-3)
+
+
+def test_anomaly_exact_when_scores_distinct_in_top_bits():
+    # +-exp(k / 1000): neighbours differ by 0.1 % relative, more than a bin (2**-11 ~ 0.05 %).
+    rng = np.random.default_rng(2)
+    k = np.arange(25_000)
+    s = np.concatenate([np.exp(k * 1e-3), -np.exp(k * 1e-3)]).astype(np.float32)
+    s = s[rng.permutation(s.size)]
+    y = rng.random(s.size) < 0.05 + 0.2 * (s > 0)
+    metric = streamed(s, y, chunks=4)
+    assert metric.curves()["tps"].size == s.size  # one threshold per pixel: no tie at all
+    assert_matches(metric.compute(), reference(y, s), atol=1e-12)
+
+
+def test_anomaly_heavy_ties_exact():
+    rng = np.random.default_rng(3)
+    s = rng.integers(0, 6, 20_000).astype(np.float32)
+    y = rng.random(s.size) < 0.02 * (s + 1)
+    metric = streamed(s, y, chunks=3)
+    assert metric.curves()["tps"].size == 6
+    assert_matches(metric.compute(), reference(y, s), atol=1e-12)
+
+
+def test_anomaly_huge_magnitudes_infinities_and_signed_zero():
+    rng = np.random.default_rng(4)
+    values = np.array([-np.inf, -1e30, -3e-38, -0.0, 0.0, 1e-30, 1.0, 3e38, np.inf], dtype=np.float32)
+    s = rng.choice(values, 20_000)
+    y = rng.random(s.size) < np.linspace(0.01, 0.3, s.size)[np.argsort(np.argsort(s))]
+    metric = streamed(s, y, chunks=2)
+    assert metric.curves()["tps"].size == values.size - 1  # -0.0 and +0.0 are one score
+    # sklearn rejects inf: compare on ranks (the metrics depend only on the order).
+    ranks = np.unique(s, return_inverse=True)[1].astype(np.float64)
+    assert_matches(metric.compute(), reference(y, ranks), atol=1e-12)
+    big = (rng.normal(size=50_000) * 1e30).astype(np.float32)
+    y_big = rng.random(big.size) < 0.05 + 0.1 * (big > 0)
+    assert_matches(streamed(big, y_big, chunks=3).compute(), reference(y_big, big), atol=1e-3)
+
+
+def test_anomaly_near_tied_scores_documented_behaviour():
+    rng = np.random.default_rng(5)
+    y = rng.random(10_000) < 0.1
+    # 0.75 + k * 1e-7 are distinct float32 values, but all fall in the bin [0.75, 0.75 + 2.4e-4)
+    # at bits=20: the metric sees a single threshold, exactly as if every score were 0.75.
+    close = (0.75 + 1e-7 * rng.integers(0, 10, y.size) + 1e-6 * y).astype(np.float32)
+    assert np.unique(close).size > 10
+    metric = streamed(close, y)
+    assert metric.curves()["tps"].size == 1
+    out = metric.compute()
+    assert_matches(out, reference(y, np.full(y.size, 0.75)), atol=1e-12)
+    assert out["AUROC"] == 0.5 and out["FPR95"] == 1.0
+    assert out["AUPR"] == pytest.approx(y.mean())
+    # Separated by 1e-3 (> 2.4e-4 bins), the same layout is resolved exactly.
+    apart = (0.75 + 1e-3 * rng.integers(0, 10, y.size) + 1e-2 * y).astype(np.float32)
+    assert_matches(streamed(apart, y).compute(), reference(y, apart), atol=1e-12)
+
+
+def test_anomaly_chunked_equals_one_shot_and_merge(continuous):
+    s, y = continuous
+    one = streamed(s, y, chunks=1)
+    many = streamed(s, y, chunks=13)
+    for name, tensor in one.state_tensors.items():
+        assert torch.equal(tensor, many.state_tensors[name])
+    assert one.compute() == many.compute()
+    a, b = streamed(s[:40_000], y[:40_000]), streamed(s[40_000:], y[40_000:])
+    assert a.merge(b).compute() == one.compute()
+    # An all-reduce is a sum of the state tensors.
+    summed = AnomalyMetric()
+    for part in (streamed(s[:500], y[:500]), streamed(s[500:], y[500:])):
+        for name, tensor in summed.state_tensors.items():
+            tensor += part.state_tensors[name]
+    assert summed.compute() == one.compute()
+
+
+def test_anomaly_input_forms(continuous):
+    s, y = continuous
+    s2d, y2d = torch.from_numpy(s[:60_000]).view(2, 100, 300), torch.from_numpy(y[:60_000]).view(2, 100, 300)
+    a = AnomalyMetric()
+    a.update(s2d, y2d)  # any shape
+    b = AnomalyMetric()
+    b.update(s2d.double(), y2d.to(torch.uint8), torch.ones_like(y2d))  # float64, 0/1 labels, valid
+    b.update(torch.empty(0), torch.empty(0, dtype=torch.bool))  # an empty update is fine
+    assert a.compute() == b.compute()
+    with pytest.raises(ValueError, match="shapes differ"):
+        a.update(torch.zeros(3), torch.zeros(4, dtype=torch.bool))
+
+
+def test_anomaly_nan_raises_unless_not_counted():
+    metric = AnomalyMetric()
+    scores = torch.tensor([0.1, float("nan"), 0.3])
+    labels = torch.tensor([False, False, True])
+    with pytest.raises(ValueError, match="NaN"):
+        metric.update(scores, labels)
+    assert metric.pos_hist.sum() == 0 and metric.neg_hist.sum() == 0  # nothing half-counted
+    metric.update(scores, labels, valid=torch.tensor([True, False, True]))
+    assert metric.compute()["AUROC"] == 1.0
+
+
+@pytest.mark.parametrize("labels", [[False, False, False], [True, True, True]])
+def test_anomaly_single_class_warns_and_returns_nan(labels):
+    metric = AnomalyMetric()
+    metric.update(torch.tensor([0.1, 0.2, 0.3]), torch.tensor(labels))
+    with pytest.warns(RuntimeWarning, match="no (anomaly|inlier)"):
+        out = metric.compute()
+    assert all(math.isnan(out[k]) for k in ("AUPR", "AUROC", "FPR95"))
+    assert out["n_pos"] + out["n_neg"] == 3
+
+
+def test_anomaly_empty_warns():
+    with pytest.warns(RuntimeWarning, match="no anomaly"):
+        out = AnomalyMetric().compute()
+    assert math.isnan(out["AUPR"]) and out["n_pos"] == out["n_neg"] == 0
+    assert AnomalyMetric().curves()["precision"].size == 0
+
+
+def test_anomaly_state_size_constant():
+    metric = AnomalyMetric(bits=16)
+
+    def state_bytes():
+        return sum(t.numel() * t.element_size() for t in metric.state_tensors.values())
+
+    before = state_bytes()
+    assert before == 2 * 2**16 * 8
+    g = torch.Generator().manual_seed(6)
+    for _ in range(50):
+        metric.update(torch.randn(10_000, generator=g), torch.rand(10_000, generator=g) < 0.1)
+    assert state_bytes() == before
+    assert metric.pos_hist.sum() + metric.neg_hist.sum() == 500_000
+    metric.reset()
+    assert state_bytes() == before and metric.pos_hist.sum() == 0
+
+
+def test_anomaly_curves_consistent(continuous):
+    s, y = continuous
+    metric = streamed(s, y, chunks=2)
+    out, curves = metric.compute(), metric.curves()
+    assert np.trapezoid(curves["tpr"], curves["fpr"]) == pytest.approx(out["AUROC"], abs=1e-12)
+    ap = np.sum(np.diff(curves["recall"], prepend=0.0) * curves["precision"])
+    assert ap == pytest.approx(out["AUPR"], abs=1e-12)
+    thresholds = curves["thresholds"]
+    assert np.all(np.diff(thresholds) < 0)
+    # A threshold counts exactly the scores at or above it (its bin and the bins above).
+    for i in (0, thresholds.size // 2, thresholds.size - 1):
+        assert curves["tps"][i] + curves["fps"][i] == np.sum(s >= thresholds[i])
+
+
+def test_anomaly_compute_fast_on_full_histogram():
+    metric = AnomalyMetric()  # 2**20 bins, every one non-empty
+    metric.pos_hist.random_(0, 3, generator=torch.Generator().manual_seed(7))
+    metric.neg_hist.random_(1, 50, generator=torch.Generator().manual_seed(8))
+    start = time.perf_counter()
+    out = metric.compute()
+    assert time.perf_counter() - start < 1.0
+    assert 0.0 < out["AUPR"] < 1.0
+
+
+def test_anomaly_bits_validated():
+    with pytest.raises(ValueError, match="bits"):
+        AnomalyMetric(bits=0)
+    with pytest.raises(ValueError, match="bits"):
+        AnomalyMetric(bits=40)
+
+
+@CUDA
+def test_state_stays_on_input_device(continuous):
+    s, y = continuous
+    cpu = streamed(s, y, chunks=3)
+    gpu = AnomalyMetric()
+    for chunk in np.array_split(np.arange(s.size), 3):
+        gpu.update(torch.from_numpy(s[chunk]).cuda(), torch.from_numpy(y[chunk]).cuda())
+    assert gpu.pos_hist.is_cuda and gpu.neg_hist.is_cuda
+    assert gpu.compute() == cpu.compute()
+    cm = ConfusionMatrix(3)
+    cm.update(torch.tensor([0, 1, 2]).cuda(), torch.tensor([0, 1, 1]).cuda())
+    assert cm.matrix.is_cuda and cm.compute()["pixel_accuracy"] == pytest.approx(2 / 3)
+    fixed = AnomalyMetric(device="cpu")
+    fixed.update(torch.from_numpy(s).cuda(), torch.from_numpy(y).cuda())
+    assert not fixed.pos_hist.is_cuda and fixed.compute() == cpu.compute()

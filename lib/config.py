@@ -164,7 +164,7 @@ def presets() -> dict[str, dict[str, Any]]:
     - ``streethazards``: the seed's setting on the real dataset (GPU).
     """
     return {
-        "demo": {},
+        "demo": dict(epochs=18),
         "tiny": dict(
             n_train=8,
             n_val=4,

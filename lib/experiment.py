@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from torch import nn
+from torch.utils.data import DataLoader
 
-from lib.classes import NUM_KNOWN_CLASSES, STREETHAZARDS_CLASSES
+from lib.classes import NUM_KNOWN_CLASSES
 from lib.config import RunConfig
 from lib.data import (
     StreetHazards,
@@ -139,6 +140,36 @@ def git_commit() -> str:
         return ""
 
 
+def make_loaders(cfg: RunConfig, data: Datasets) -> dict[str, DataLoader]:
+    """Shuffled training loader (full batches) and ordered validation / test loaders."""
+    common = dict(num_workers=cfg.num_workers, seed=cfg.seed)
+    return {
+        "train": make_loader(
+            data.train,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            drop_last=len(data.train) > cfg.batch_size,
+            **common,
+        ),
+        "val": make_loader(data.val, batch_size=cfg.eval_batch_size, shuffle=False, **common),
+        "test": make_loader(data.test, batch_size=cfg.eval_batch_size, shuffle=False, **common),
+    }
+
+
+def results_row(cfg: RunConfig, result: EvaluationResult, *, run_dir: Path, seconds: float) -> dict[str, Any]:
+    """One CSV row: run, data, commit, wall time, every config field and every metric (percent)."""
+    config = {k: " ".join(map(str, v)) if isinstance(v, tuple) else v for k, v in cfg.to_dict().items()}
+    return {
+        "run": run_dir.name,
+        "data": f"{cfg.dataset} test split",
+        "commit": git_commit(),
+        "wall_seconds": round(seconds, 1),
+        "test_images": result.num_images,
+        **config,
+        **{k: round(v, 4) for k, v in result.metrics.items()},
+    }
+
+
 def run(cfg: RunConfig, *, keep_examples: int = 3) -> dict[str, Any]:
     """Data, model, training, evaluation, and every output file of one run.
 
@@ -161,52 +192,18 @@ def run(cfg: RunConfig, *, keep_examples: int = 3) -> dict[str, Any]:
     atomic_write_bytes(run_dir / "config.json", cfg.to_json().encode())
     model = make_model(cfg).to(device)
     criterion = make_criterion(cfg, data.train).to(device)
-    train_loader = make_loader(
-        data.train,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        num_workers=cfg.num_workers,
-        seed=cfg.seed,
-        drop_last=len(data.train) > cfg.batch_size,
-    )
-    val_loader = make_loader(
-        data.val, batch_size=cfg.eval_batch_size, shuffle=False, num_workers=cfg.num_workers, seed=cfg.seed
-    )
-    test_loader = make_loader(
-        data.test, batch_size=cfg.eval_batch_size, shuffle=False, num_workers=cfg.num_workers, seed=cfg.seed
-    )
+    loaders = make_loaders(cfg, data)
     history = fit(
-        model,
-        train_loader,
-        val_loader,
-        criterion,
-        cfg,
-        device=device,
-        run_dir=run_dir,
-        num_classes=NUM_KNOWN_CLASSES,
-    )
+        model, loaders["train"], loaders["val"], criterion, cfg,
+        device=device, run_dir=run_dir, num_classes=NUM_KNOWN_CLASSES,
+    )  # fmt: skip
     result = evaluate(
-        model,
-        test_loader,
-        num_classes=NUM_KNOWN_CLASSES,
-        device=device,
-        score_names=cfg.scores,
-        class_names=STREETHAZARDS_CLASSES,
-        miou_exclude=cfg.miou_exclude,
-        keep_examples=keep_examples,
-        progress=cfg.progress,
-    )
+        model, loaders["test"], num_classes=NUM_KNOWN_CLASSES, device=device, score_names=cfg.scores,
+        miou_exclude=cfg.miou_exclude, keep_examples=keep_examples, progress=cfg.progress,
+    )  # fmt: skip
     save_figures(result, history, cfg, run_dir)
     seconds = time.perf_counter() - start
-    row = {
-        "run": run_dir.name,
-        "data": f"{cfg.dataset} test split",
-        "commit": git_commit(),
-        "wall_seconds": round(seconds, 1),
-        "test_images": result.num_images,
-        **{k: v if not isinstance(v, tuple) else " ".join(map(str, v)) for k, v in cfg.to_dict().items()},
-        **{k: round(v, 4) for k, v in result.metrics.items()},
-    }
+    row = results_row(cfg, result, run_dir=run_dir, seconds=seconds)
     append_csv_row(Path(cfg.out_dir) / "results.csv", row)
     print(f"\nResults on the {cfg.dataset} test split ({result.num_images} images, {seconds:.0f} s):")
     print(results_table(result.metrics, cfg.scores))

@@ -185,3 +185,22 @@ def plot_history(history: Sequence[Mapping[str, float]]):
     ax_iou.set_xlabel("epoch")
     ax_iou.set_ylabel("validation mIoU (%)")
     return fig
+
+
+def plot_sample(
+    image: torch.Tensor, mask: torch.Tensor, *, class_names: Sequence[str] = STREETHAZARDS_CLASSES
+):
+    """An image beside its colour-coded annotation, with a legend of the classes present."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6), constrained_layout=True)
+    axes[0].imshow(image.permute(1, 2, 0).cpu().numpy())
+    axes[1].imshow(colorize(mask))
+    present = [int(c) for c in torch.unique(mask) if int(c) < len(class_names)]
+    handles = [Patch(color=np.array(STREETHAZARDS_PALETTE[c]) / 255, label=class_names[c]) for c in present]
+    axes[1].legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    for ax, title in zip(axes, ("image", "annotation"), strict=True):
+        ax.set_title(title)
+        ax.axis("off")
+    return fig

@@ -75,7 +75,8 @@ def evaluate(
     Returns:
         EvaluationResult whose ``metrics`` hold, in percent: ``seg/mIoU``, ``seg/minIoU``,
         ``seg/maxIoU``, ``seg/pixel_accuracy``, ``seg/mean_class_accuracy``,
-        ``seg/IoU/<class>`` and ``ood/<score>/{AUPR,AUROC,FPR95}/pooled``.
+        ``seg/IoU/<class>``, ``ood/<score>/{AUPR,AUROC,FPR95}/pooled`` and
+        ``ood/anomaly_pixel_share`` (the AUPR of a random score).
     """
     device = torch.device(device)
     unknown = [n for n in miou_exclude if n not in class_names[:num_classes]]
@@ -136,12 +137,20 @@ def _flatten(
         values = metric.compute()
         for key in ("AUPR", "AUROC", "FPR95"):
             metrics[f"ood/{score}/{key}/{PROTOCOL}"] = 100.0 * float(values[key])
+    if anomaly:
+        # The AUPR of a score that ranks at random: the share of anomaly pixels.
+        n_pos, n_neg = values["n_pos"], values["n_neg"]
+        metrics["ood/anomaly_pixel_share"] = 100.0 * n_pos / max(n_pos + n_neg, 1)
     return metrics
 
 
 def results_table(metrics: dict[str, float], score_names: Sequence[str] = SCORES) -> str:
     """A small plain-text table of mIoU and each score's AUPR / AUROC / FPR95 (percent)."""
-    lines = [f"mIoU {metrics['seg/mIoU']:.2f}   pixel accuracy {metrics['seg/pixel_accuracy']:.2f}", ""]
+    lines = [
+        f"mIoU {metrics['seg/mIoU']:.2f}   pixel accuracy {metrics['seg/pixel_accuracy']:.2f}   "
+        f"anomaly pixels {metrics['ood/anomaly_pixel_share']:.2f} (= AUPR of a random score)",
+        "",
+    ]
     lines.append(f"{'score':<10}{'AUPR':>8}{'AUROC':>8}{'FPR95':>8}   ({PROTOCOL} over all test pixels)")
     for name in score_names:
         row = [metrics[f"ood/{name}/{k}/{PROTOCOL}"] for k in ("AUPR", "AUROC", "FPR95")]

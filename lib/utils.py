@@ -163,6 +163,10 @@ def plot_score_bars(
         values = [metrics[f"ood/{s}/{key}/{protocol}"] for s in score_names]
         bars = ax.bar(score_names, values, color=["#4c72b0", "#dd8452", "#55a868", "#c44e52"][: len(values)])
         ax.bar_label(bars, fmt="%.1f", fontsize=8)
+        chance = {"AUPR": metrics.get("ood/anomaly_pixel_share"), "AUROC": 50.0}.get(key)
+        if chance is not None:
+            ax.axhline(chance, color="gray", linestyle="--", linewidth=1, label="random score")
+            ax.legend(loc="upper right", fontsize=8)
         ax.set_title(f"{key} ({protocol}){' - lower is better' if key == 'FPR95' else ''}")
         ax.set_ylim(0, 105)
     if title:

@@ -1,0 +1,55 @@
+import pytest
+import torch
+from torch import nn
+
+from lib.test import evaluate, results_table
+
+
+class MarkerModel(nn.Module):
+    """Confident 'road' where the image's red channel is 0, uniform logits where it is 255."""
+
+    def forward(self, x):
+        flagged = x[:, 0] > 0  # normalised 255 > 0 > normalised 0
+        logits = torch.zeros(x.shape[0], 13, *x.shape[-2:])
+        logits[:, 7] = torch.where(flagged, 0.0, 10.0)
+        return logits
+
+
+def _batches():
+    images = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+    masks = torch.full((2, 8, 8), 7, dtype=torch.int64)
+    images[0, 0, 2:4, 2:5] = 255  # 6 anomaly pixels in image 0
+    masks[0, 2:4, 2:5] = 13
+    masks[1, 0, 0] = 255  # one unlabelled pixel
+    return [(images[:1], masks[:1]), (images[1:], masks[1:])]
+
+
+def test_one_pass_evaluation_of_a_perfect_detector():
+    result = evaluate(
+        MarkerModel(), _batches(), num_classes=13, device="cpu", keep_examples=1, progress=False
+    )
+    m = result.metrics
+    assert result.num_images == 2
+    for score in ("msp", "maxlogit", "entropy", "energy"):
+        assert m[f"ood/{score}/AUPR/pooled"] == pytest.approx(100.0)
+        assert m[f"ood/{score}/AUROC/pooled"] == pytest.approx(100.0)
+        assert m[f"ood/{score}/FPR95/pooled"] == pytest.approx(0.0)
+    # Labelled pixels: 128 - 1 unlabelled; 6 of them anomalies.
+    assert m["ood/anomaly_pixel_share"] == pytest.approx(100.0 * 6 / 127)
+    # Only road is in the target, and every road pixel is predicted road; anomaly pixels do not count.
+    assert m["seg/IoU/road"] == pytest.approx(100.0)
+    assert m["seg/mIoU"] == pytest.approx(100.0)
+    assert len(result.examples) == 1 and result.examples[0].scores["entropy"].shape == (8, 8)
+    assert "entropy" in results_table(m)
+
+
+def test_unknown_class_in_miou_exclude():
+    with pytest.raises(ValueError, match="miou_exclude names unknown class"):
+        evaluate(
+            MarkerModel(), _batches(), num_classes=13, device="cpu", miou_exclude=("bicycle",), progress=False
+        )
+
+
+def test_empty_split_is_an_error():
+    with pytest.raises(ValueError, match="test split is empty"):
+        evaluate(MarkerModel(), [], num_classes=13, device="cpu", progress=False)

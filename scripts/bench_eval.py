@@ -1,0 +1,201 @@
+"""Benchmark the anomaly metrics against their peers, each measured in this same run.
+
+For the same stream of synthetic per-pixel scores (StreetHazards-sized images, a few percent
+anomaly pixels) it prints, per method: wall time of update+compute, pixels/s, peak extra memory
+(each method runs in its own process, so peaks do not mix; the time to make the stream is
+measured alone and subtracted) and |AUPR - exact| and |FPR95 - exact|,
+where "exact" is scikit-learn's average precision and the official anomaly-seg FPR95 routine on
+all pixels at once. Then: the state size of our metric after 50 and after 500 images, and the
+wall time of a full evaluation (4 scores + mIoU) divided by the model's forward time alone.
+
+    python scripts/bench_eval.py                 # ~1e7 pixels, a few minutes on 2 cores
+    python scripts/bench_eval.py --images 4      # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+METHODS = ("data-only", "ours", "torchmetrics-exact", "torchmetrics-binned", "sklearn")
+
+
+def make_image(index: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores and labels of one image, regenerated from its index (nothing is kept around)."""
+    g = torch.Generator().manual_seed(index)
+    labels = torch.zeros(height, width, dtype=torch.bool)
+    # A few rectangular "objects" as anomalies, ~3% of the pixels.
+    for _ in range(3):
+        h, w = int(height * 0.1), int(width * 0.1)
+        y = int(torch.randint(0, height - h, (1,), generator=g))
+        x = int(torch.randint(0, width - w, (1,), generator=g))
+        labels[y : y + h, x : x + w] = True
+    scores = torch.randn(height, width, generator=g) + 1.5 * labels
+    return scores, labels
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def fpr95_official(scores: np.ndarray, labels: np.ndarray) -> float:
+    """FPR at 95% TPR as the official anomaly-seg code computes it (closest recall to 0.95)."""
+    order = np.argsort(scores, kind="mergesort")[::-1]
+    s, y = scores[order], labels[order].astype(np.int64)
+    distinct = np.where(np.diff(s))[0]
+    idx = np.r_[distinct, y.size - 1]
+    tps = np.cumsum(y)[idx]
+    fps = 1 + idx - tps
+    recall = tps / tps[-1]
+    last = tps.searchsorted(tps[-1])
+    sl = slice(last, None, -1)
+    recall, fps = np.r_[recall[sl], 1], np.r_[fps[sl], 0]
+    return float(fps[np.argmin(np.abs(recall - 0.95))] / (labels.size - labels.sum()))
+
+
+def run_method(method: str, images: int, height: int, width: int, queue) -> None:
+    torch.set_num_threads(2)
+    make_image(0, height, width)  # warm the generator path before the baseline
+    base = peak_rss_mib()
+    start = time.perf_counter()
+    if method == "data-only":  # the cost of making the stream, common to every method
+        for i in range(images):
+            make_image(i, height, width)
+        aupr = fpr = float("nan")
+    elif method == "ours":
+        from lib.metrics import AnomalyMetric
+
+        metric = AnomalyMetric()
+        for i in range(images):
+            metric.update(*make_image(i, height, width))
+        out = metric.compute()
+        aupr, fpr = out["AUPR"], out["FPR95"]
+    elif method.startswith("torchmetrics"):
+        from torchmetrics.classification import BinaryAveragePrecision
+
+        metric = BinaryAveragePrecision(thresholds=None if method.endswith("exact") else 1600)
+        for i in range(images):
+            s, y = make_image(i, height, width)
+            metric.update(s.flatten(), y.flatten().long())
+        aupr, fpr = float(metric.compute()), float("nan")
+    else:
+        from sklearn.metrics import average_precision_score
+
+        parts = [make_image(i, height, width) for i in range(images)]
+        s = torch.cat([p[0].flatten() for p in parts]).numpy()
+        y = torch.cat([p[1].flatten() for p in parts]).numpy()
+        del parts
+        aupr = float(average_precision_score(y, s))
+        fpr = fpr95_official(s, y)
+    seconds = time.perf_counter() - start
+    queue.put(
+        {"method": method, "seconds": seconds, "mib": peak_rss_mib() - base, "AUPR": aupr, "FPR95": fpr}
+    )
+
+
+def measure(method: str, images: int, height: int, width: int) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=run_method, args=(method, images, height, width, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def state_growth(height: int, width: int) -> tuple[int, int]:
+    from lib.metrics import AnomalyMetric
+
+    metric = AnomalyMetric()
+    sizes = []
+    for i in range(500):
+        s, y = make_image(i % 7, height // 8, width // 8)
+        metric.update(s, y)
+        if i + 1 in (50, 500):
+            sizes.append(sum(t.numel() * t.element_size() for t in metric.state_tensors.values()))
+    return sizes[0], sizes[1]
+
+
+def evaluation_overhead(images: int, height: int, width: int) -> tuple[float, float]:
+    """(full evaluate() seconds, forward-only seconds) for a MobileNetV2 DeepLabv3+ on CPU."""
+    from lib.data import normalize
+    from lib.test import evaluate
+    from network import build_model
+
+    torch.manual_seed(0)
+    model = build_model(arch="deeplabv3plus", backbone="mobilenet_v2", head="distance", num_classes=13).eval()
+    batches = []
+    for i in range(images):
+        g = torch.Generator().manual_seed(i)
+        image = torch.randint(0, 256, (1, 3, height, width), dtype=torch.uint8, generator=g)
+        mask = torch.randint(0, 14, (1, height, width), generator=g)
+        batches.append((image, mask))
+    with torch.no_grad():
+        model(normalize(batches[0][0]))  # warm-up
+    forward = full = float("inf")
+    for _ in range(3):  # alternate and keep the best of each: the machine is noisy
+        start = time.perf_counter()
+        with torch.no_grad():
+            for image, _ in batches:
+                model(normalize(image)).argmax(dim=1)
+        forward = min(forward, time.perf_counter() - start)
+        start = time.perf_counter()
+        evaluate(model, batches, num_classes=13, device="cpu", progress=False)
+        full = min(full, time.perf_counter() - start)
+    return full, forward
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--images", type=int, default=12, help="images streamed per method (default: 12)")
+    parser.add_argument("--height", type=int, default=720, help="image height in pixels (default: 720)")
+    parser.add_argument("--width", type=int, default=1280, help="image width in pixels (default: 1280)")
+    parser.add_argument(
+        "--eval-images", type=int, default=4, help="images for the evaluation overhead (default: 4)"
+    )
+    parser.add_argument("--skip", nargs="*", default=[], choices=METHODS[2:], help="peers to leave out")
+    args = parser.parse_args()
+    pixels = args.images * args.height * args.width
+    print(f"{pixels / 1e6:.1f} M pixels ({args.images} images of {args.height}x{args.width}), one score\n")
+    results = {m: measure(m, args.images, args.height, args.width) for m in METHODS if m not in args.skip}
+    exact = results.get("sklearn")
+    data = results.pop("data-only")["seconds"]
+    print(f"making the score stream alone: {data:.2f} s (subtracted from every time below)\n")
+    for r in results.values():
+        r["seconds"] = max(r["seconds"] - data, 1e-9)
+    print(
+        f"{'method':<22}{'seconds':>9}{'Mpx/s':>8}{'peak MiB':>10}{'AUPR':>9}{'|dAUPR|':>9}{'|dFPR95|':>10}"
+    )
+    for name, r in results.items():
+        d_aupr = abs(r["AUPR"] - exact["AUPR"]) if exact else float("nan")
+        d_fpr = abs(r["FPR95"] - exact["FPR95"]) if exact else float("nan")
+        print(
+            f"{name:<22}{r['seconds']:9.2f}{pixels / r['seconds'] / 1e6:8.1f}{r['mib']:10.0f}"
+            f"{r['AUPR']:9.4f}{d_aupr:9.1e}{d_fpr:10.1e}"
+        )
+    ours = results["ours"]["seconds"]
+    for peer in ("torchmetrics-exact", "torchmetrics-binned", "sklearn"):
+        if peer in results:
+            print(f"speed-up of ours over {peer}: {results[peer]['seconds'] / ours:.1f}x")
+    small, large = state_growth(args.height, args.width)
+    print(f"\nour state after 50 images: {small / 2**20:.1f} MiB, after 500 images: {large / 2**20:.1f} MiB")
+    h, w = args.height // 2, args.width // 2
+    full, forward = evaluation_overhead(args.eval_images, h, w)
+    print(
+        f"full evaluation (4 scores + mIoU) / forward alone, {args.eval_images} images of {h}x{w}: "
+        f"{full:.2f} s / {forward:.2f} s = {full / forward:.2f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -24,7 +24,7 @@ import torch
 
 from lib.classes import IGNORE_INDEX
 
-__all__ = ["AnomalyMetric", "ConfusionMatrix"]
+__all__ = ["AnomalyMetric", "ConfusionMatrix", "PerImageAnomalyMetric", "rank_metrics"]
 
 
 def _as_device(device: torch.device | str | None) -> torch.device | None:
@@ -197,6 +197,35 @@ def _bin_lower_edges(bins: np.ndarray, bits: int) -> np.ndarray:
     return np.where(mag > 0x7F800000, np.where(key < 0, -np.inf, np.inf), edge)
 
 
+def rank_metrics(tps: np.ndarray, fps: np.ndarray) -> dict[str, float]:
+    """AUPR, AUROC and FPR95 from cumulative counts at each distinct threshold.
+
+    Args:
+        tps, fps: true and false positives above each threshold, thresholds from the highest
+            score down (one entry per distinct score, ties grouped); both classes present.
+
+    Returns:
+        ``AUPR`` as sklearn's ``average_precision_score`` (``sum_n (R_n - R_{n-1}) P_n``),
+        ``AUROC`` as ``roc_auc_score`` (trapezoids from (0, 0)), ``FPR95`` as
+        ``fpr_and_fdr_at_recall(..., 0.95)`` of the official anomaly-seg code (the threshold
+        whose recall is closest to 0.95, up to the first reaching full recall).
+    """
+    n_pos, n_neg = int(tps[-1]), int(fps[-1])
+    tps_f = tps.astype(np.float64)
+    fps_f = fps.astype(np.float64)
+    recall = tps_f / n_pos
+    precision = tps_f / (tps_f + fps_f)  # every threshold has >= 1 pixel above it
+    aupr = float(np.sum(np.diff(recall, prepend=0.0) * precision))
+    tpr = np.concatenate(([0.0], recall))
+    fpr = np.concatenate(([0.0], fps_f / n_neg))
+    auroc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1])) / 2.0)
+    last = int(np.searchsorted(tps, tps[-1]))
+    rec = np.concatenate((recall[last::-1], [1.0]))
+    fp = np.concatenate((fps_f[last::-1], [0.0]))
+    fpr95 = float(fp[np.argmin(np.abs(rec - 0.95))] / n_neg)
+    return {"AUPR": aupr, "AUROC": auroc, "FPR95": fpr95}
+
+
 class AnomalyMetric:
     """Pixel-level AUPR, AUROC and FPR95 pooled over all counted pixels, in constant memory.
 
@@ -344,21 +373,7 @@ class AnomalyMetric:
                 stacklevel=2,
             )
             return {**out, "protocol": "pooled", "n_pos": n_pos, "n_neg": n_neg}
-        tps_f = tps.astype(np.float64)
-        fps_f = fps.astype(np.float64)
-        recall = tps_f / n_pos
-        precision = tps_f / (tps_f + fps_f)  # every threshold has >= 1 pixel above it
-        # Average precision: sum_n (R_n - R_{n-1}) P_n with R_0 = 0.
-        out["AUPR"] = float(np.sum(np.diff(recall, prepend=0.0) * precision))
-        # Trapezoids under (FPR, TPR) starting at (0, 0).
-        tpr = np.concatenate(([0.0], recall))
-        fpr = np.concatenate(([0.0], fps_f / n_neg))
-        out["AUROC"] = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1])) / 2.0)
-        # FPR95, following fpr_and_fdr_at_recall of the official anomaly-seg code.
-        last = int(np.searchsorted(tps, tps[-1]))
-        rec = np.concatenate((recall[last::-1], [1.0]))
-        fp = np.concatenate((fps_f[last::-1], [0.0]))
-        out["FPR95"] = float(fp[np.argmin(np.abs(rec - 0.95))] / n_neg)
+        out = rank_metrics(tps, fps)
         return {**out, "protocol": "pooled", "n_pos": n_pos, "n_neg": n_neg}
 
     def curves(self) -> dict[str, np.ndarray]:
@@ -394,3 +409,82 @@ class AnomalyMetric:
 
     def __repr__(self) -> str:
         return f"AnomalyMetric(bits={self.bits}, device={self.device})"
+
+
+class PerImageAnomalyMetric:
+    """AUPR, AUROC and FPR95 per image, averaged over images (the official anomaly-seg protocol).
+
+    Each image's metrics are exact (its counted pixels are sorted on their device); images
+    without an anomaly pixel or without an inlier pixel are skipped, as in the official code,
+    and counted in ``n_skipped``. The state is five numbers (three sums, two counts) in one
+    float64 tensor, whatever the number of images, so ``all_reduce`` merges processes.
+    """
+
+    def __init__(self, *, device: torch.device | str | None = None) -> None:
+        self.state = torch.zeros(5, dtype=torch.float64, device=device or "cpu")
+
+    @property
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """``state`` = [sum AUPR, sum AUROC, sum FPR95, images averaged, images skipped]."""
+        return {"state": self.state}
+
+    def reset(self) -> None:
+        self.state.zero_()
+
+    def merge(self, other: PerImageAnomalyMetric) -> PerImageAnomalyMetric:
+        self.state += other.state.to(self.state.device)
+        return self
+
+    def update(
+        self, scores: torch.Tensor, is_anomaly: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> None:
+        """Count a batch of images.
+
+        Args:
+            scores: higher = more anomalous. Shape (B, H, W) (any shape whose first dim is the image).
+            is_anomaly: bool, same shape. valid: optional bool, same shape (pixels to count).
+        """
+        if scores.shape != is_anomaly.shape or (valid is not None and valid.shape != scores.shape):
+            raise ValueError("scores, is_anomaly and valid must have the same shape (B, H, W)")
+        for i in range(scores.shape[0]):
+            s = scores[i].reshape(-1).float()
+            y = is_anomaly[i].reshape(-1).bool()
+            if valid is not None:
+                keep = valid[i].reshape(-1).bool()
+                s, y = s[keep], y[keep]
+            n_pos = int(y.sum())
+            if n_pos == 0 or n_pos == y.numel():
+                self.state[4] += 1
+                continue
+            if bool(torch.isnan(s).any()):
+                raise ValueError("anomaly scores contain NaN values among the counted pixels")
+            tps, fps = _exact_counts(s, y)
+            m = rank_metrics(tps, fps)
+            self.state[:4] += torch.tensor([m["AUPR"], m["AUROC"], m["FPR95"], 1.0], dtype=torch.float64)
+
+    def compute(self) -> dict:
+        """Means over the averaged images (NaN with a warning when there are none)."""
+        sums, n, skipped = self.state[:3].tolist(), int(self.state[3]), int(self.state[4])
+        if n == 0:
+            warnings.warn(
+                f"no image had both anomaly and inlier pixels ({skipped} skipped): per-image metrics are NaN",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            values = [math.nan] * 3
+        else:
+            values = [v / n for v in sums]
+        return {**dict(zip(("AUPR", "AUROC", "FPR95"), values, strict=True)), "protocol": "per-image",
+                "n_images": n, "n_skipped": skipped}  # fmt: skip
+
+
+def _exact_counts(scores: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative (tps, fps) at each distinct score, highest first, by one sort on the device."""
+    order = torch.argsort(scores, descending=True, stable=True)
+    s = scores[order]
+    y = labels[order].to(torch.int64)
+    last_of_run = torch.nonzero(s[1:] != s[:-1]).flatten()
+    idx = torch.cat((last_of_run, torch.tensor([s.numel() - 1], device=s.device)))
+    tps = torch.cumsum(y, 0)[idx]
+    fps = idx + 1 - tps
+    return tps.cpu().numpy(), fps.cpu().numpy()

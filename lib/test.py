@@ -1,10 +1,15 @@
 """Evaluation in one forward pass per batch: closed-set segmentation and anomaly scores.
 
 For every test batch the model runs once; its logits feed the confusion matrix (mIoU on the
-known classes) and, for each anomaly score, a constant-memory rank histogram from which
-AUPR, AUROC and FPR95 are computed POOLED over every labelled pixel of the split (the
-protocol of the StreetHazards reference project; the official anomaly-seg code averages
-per image instead, which gives different numbers).
+known classes) and, for each anomaly score, AUPR, AUROC and FPR95 under two protocols, named
+in every output key:
+
+- ``pooled``: over every counted pixel of the split at once (the StreetHazards reference
+  project, SegmentMeIfYouCan, Mask2Anomaly), from a constant-memory rank histogram;
+- ``per-image``: exact per image, averaged over the images holding both anomaly and inlier
+  pixels (the official anomaly-seg code, PAnS, DML).
+
+The two give different numbers; compare a result only with one of the same protocol.
 """
 
 from __future__ import annotations
@@ -19,10 +24,10 @@ from tqdm.auto import tqdm
 from lib.classes import ANOMALY_ID, IGNORE_INDEX, STREETHAZARDS_CLASSES
 from lib.config import SCORES
 from lib.data import normalize
-from lib.metrics import AnomalyMetric, ConfusionMatrix
+from lib.metrics import AnomalyMetric, ConfusionMatrix, PerImageAnomalyMetric
 from lib.scores import compute_scores
 
-PROTOCOL = "pooled"
+PROTOCOLS = ("pooled", "per-image")
 
 
 @dataclass
@@ -40,7 +45,7 @@ class EvaluationResult:
     """Flat metrics (percent) plus the streaming states, for tables, CSV rows and curves."""
 
     metrics: dict[str, float]
-    anomaly: dict[str, AnomalyMetric]
+    anomaly: dict[str, AnomalyMetric]  # pooled states (curves come from these)
     confusion: ConfusionMatrix
     examples: list[Example] = field(default_factory=list)
     num_images: int = 0
@@ -57,6 +62,8 @@ def evaluate(
     class_names: Sequence[str] = STREETHAZARDS_CLASSES,
     anomaly_id: int = ANOMALY_ID,
     miou_exclude: Sequence[str] = (),
+    ood_ignore: Sequence[str] = (),
+    protocols: Sequence[str] = PROTOCOLS,
     keep_examples: int = 0,
     progress: bool = True,
 ) -> EvaluationResult:
@@ -70,13 +77,16 @@ def evaluate(
         class_names: names of the train ids (for the per-class IoU keys).
         anomaly_id: train id of anomaly pixels (the positives of the anomaly metrics).
         miou_exclude: class names left out of the mean IoU.
+        ood_ignore: class names whose pixels the anomaly metrics skip (none by default, as in
+            the official protocol; DenseHybrid skips "other").
+        protocols: ``pooled`` and/or ``per-image`` (see the module docstring).
         keep_examples: keep the first N images with their predictions and score maps.
 
     Returns:
         EvaluationResult whose ``metrics`` hold, in percent: ``seg/mIoU``, ``seg/minIoU``,
         ``seg/maxIoU``, ``seg/pixel_accuracy``, ``seg/mean_class_accuracy``,
-        ``seg/IoU/<class>``, ``ood/<score>/{AUPR,AUROC,FPR95}/pooled`` and
-        ``ood/anomaly_pixel_share`` (the AUPR of a random score).
+        ``seg/IoU/<class>``, ``ood/<score>/{AUPR,AUROC,FPR95}/<protocol>`` and
+        ``ood/anomaly_pixel_share`` (pooled: the AUPR of a random score).
     """
     device = torch.device(device)
     unknown = [n for n in miou_exclude if n not in class_names[:num_classes]]
@@ -84,9 +94,20 @@ def evaluate(
         raise ValueError(
             f"miou_exclude names unknown class(es) {unknown}; valid: {list(class_names[:num_classes])}"
         )
+    unknown = [n for n in ood_ignore if n not in class_names] + [p for p in protocols if p not in PROTOCOLS]
+    if unknown:
+        raise ValueError(
+            f"unknown class or protocol {unknown}; classes: {list(class_names)}, protocols: {PROTOCOLS}"
+        )
+    ignored_ids = torch.tensor([class_names.index(n) for n in ood_ignore], dtype=torch.long, device=device)
     model.eval()
     confusion = ConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX, device=device)
     anomaly = {name: AnomalyMetric(device=device) for name in score_names}
+    per_image = (
+        {name: PerImageAnomalyMetric(device=device) for name in score_names}
+        if "per-image" in protocols
+        else {}
+    )
     examples: list[Example] = []
     num_images = 0
     total = len(batches) if hasattr(batches, "__len__") else None
@@ -98,11 +119,14 @@ def evaluate(
         # Anomaly pixels are not a known class: they count for the anomaly metrics only.
         known_target = torch.where(masks == anomaly_id, torch.full_like(masks, IGNORE_INDEX), masks)
         confusion.update(prediction, known_target)
-        labelled = masks != IGNORE_INDEX
+        counted = (masks != IGNORE_INDEX) & ~torch.isin(masks, ignored_ids)
         is_anomaly = masks == anomaly_id
         scores = compute_scores(logits, tuple(score_names))
         for name, score in scores.items():
-            anomaly[name].update(score, is_anomaly, labelled)
+            if "pooled" in protocols:
+                anomaly[name].update(score, is_anomaly, counted)
+            if per_image:
+                per_image[name].update(score, is_anomaly, counted)
         for i in range(min(keep_examples - len(examples), images.shape[0])):
             examples.append(
                 Example(
@@ -115,13 +139,16 @@ def evaluate(
         num_images += images.shape[0]
     if num_images == 0:
         raise ValueError("evaluate() got no batch: the test split is empty")
-    metrics = _flatten(confusion, anomaly, class_names[:num_classes], miou_exclude)
+    pooled = anomaly if "pooled" in protocols else {}
+    metrics = _flatten(
+        confusion, {"pooled": pooled, "per-image": per_image}, class_names[:num_classes], miou_exclude
+    )
     return EvaluationResult(metrics, anomaly, confusion, examples, num_images)
 
 
 def _flatten(
     confusion: ConfusionMatrix,
-    anomaly: dict[str, AnomalyMetric],
+    anomaly: dict[str, dict[str, AnomalyMetric | PerImageAnomalyMetric]],
     class_names: Sequence[str],
     miou_exclude: Sequence[str],
 ) -> dict[str, float]:
@@ -133,26 +160,32 @@ def _flatten(
     }
     for name, iou in zip(class_names, seg["IoU"], strict=True):
         metrics[f"seg/IoU/{name}"] = 100.0 * float(iou)
-    for score, metric in anomaly.items():
-        values = metric.compute()
-        for key in ("AUPR", "AUROC", "FPR95"):
-            metrics[f"ood/{score}/{key}/{PROTOCOL}"] = 100.0 * float(values[key])
-    if anomaly:
-        # The AUPR of a score that ranks at random: the share of anomaly pixels.
-        n_pos, n_neg = values["n_pos"], values["n_neg"]
-        metrics["ood/anomaly_pixel_share"] = 100.0 * n_pos / max(n_pos + n_neg, 1)
+    for protocol, by_score in anomaly.items():
+        for score, metric in by_score.items():
+            values = metric.compute()
+            for key in ("AUPR", "AUROC", "FPR95"):
+                metrics[f"ood/{score}/{key}/{protocol}"] = 100.0 * float(values[key])
+            if protocol == "pooled":
+                # The AUPR of a score that ranks at random: the share of anomaly pixels.
+                metrics["ood/anomaly_pixel_share"] = (
+                    100.0 * values["n_pos"] / max(values["n_pos"] + values["n_neg"], 1)
+                )
     return metrics
 
 
 def results_table(metrics: dict[str, float], score_names: Sequence[str] = SCORES) -> str:
-    """A small plain-text table of mIoU and each score's AUPR / AUROC / FPR95 (percent)."""
-    lines = [
-        f"mIoU {metrics['seg/mIoU']:.2f}   pixel accuracy {metrics['seg/pixel_accuracy']:.2f}   "
-        f"anomaly pixels {metrics['ood/anomaly_pixel_share']:.2f} (= AUPR of a random score)",
-        "",
-    ]
-    lines.append(f"{'score':<10}{'AUPR':>8}{'AUROC':>8}{'FPR95':>8}   ({PROTOCOL} over all test pixels)")
-    for name in score_names:
-        row = [metrics[f"ood/{name}/{k}/{PROTOCOL}"] for k in ("AUPR", "AUROC", "FPR95")]
-        lines.append(f"{name:<10}" + "".join(f"{v:8.2f}" for v in row))
+    """A plain-text table of mIoU and each score's AUPR / AUROC / FPR95 (percent), per protocol."""
+    lines = [f"mIoU {metrics['seg/mIoU']:.2f}   pixel accuracy {metrics['seg/pixel_accuracy']:.2f}"]
+    if "ood/anomaly_pixel_share" in metrics:
+        lines[0] += (
+            f"   anomaly pixels {metrics['ood/anomaly_pixel_share']:.2f} (= pooled AUPR of a random score)"
+        )
+    for protocol in PROTOCOLS:
+        if not any(key.endswith(f"/{protocol}") for key in metrics):
+            continue
+        where = "over all test pixels" if protocol == "pooled" else "mean over images with anomalies"
+        lines += ["", f"{'score':<10}{'AUPR':>8}{'AUROC':>8}{'FPR95':>8}   ({protocol}: {where})"]
+        for name in score_names:
+            row = [metrics[f"ood/{name}/{k}/{protocol}"] for k in ("AUPR", "AUROC", "FPR95")]
+            lines.append(f"{name:<10}" + "".join(f"{v:8.2f}" for v in row))
     return "\n".join(lines)

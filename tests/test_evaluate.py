@@ -31,16 +31,34 @@ def test_one_pass_evaluation_of_a_perfect_detector():
     m = result.metrics
     assert result.num_images == 2
     for score in ("msp", "maxlogit", "entropy", "energy"):
-        assert m[f"ood/{score}/AUPR/pooled"] == pytest.approx(100.0)
-        assert m[f"ood/{score}/AUROC/pooled"] == pytest.approx(100.0)
-        assert m[f"ood/{score}/FPR95/pooled"] == pytest.approx(0.0)
+        for protocol in ("pooled", "per-image"):  # per image: image 1 has no anomaly, skipped
+            assert m[f"ood/{score}/AUPR/{protocol}"] == pytest.approx(100.0)
+            assert m[f"ood/{score}/AUROC/{protocol}"] == pytest.approx(100.0)
+            assert m[f"ood/{score}/FPR95/{protocol}"] == pytest.approx(0.0)
     # Labelled pixels: 128 - 1 unlabelled; 6 of them anomalies.
     assert m["ood/anomaly_pixel_share"] == pytest.approx(100.0 * 6 / 127)
     # Only road is in the target, and every road pixel is predicted road; anomaly pixels do not count.
     assert m["seg/IoU/road"] == pytest.approx(100.0)
     assert m["seg/mIoU"] == pytest.approx(100.0)
     assert len(result.examples) == 1 and result.examples[0].scores["entropy"].shape == (8, 8)
-    assert "entropy" in results_table(m)
+    table = results_table(m)
+    assert "pooled: over all test pixels" in table and "per-image: mean over images" in table
+
+
+def test_ignored_classes_leave_the_anomaly_metrics():
+    batches = _batches()
+    batches[1][1][0, 4:, :] = 2  # 'fence' pixels the model calls confident road: inliers
+    batches[1][0][0, 0, 4:, :] = 255  # ...but they look uncertain, like anomalies
+    hurt = evaluate(MarkerModel(), batches, num_classes=13, device="cpu", progress=False).metrics
+    assert hurt["ood/entropy/AUPR/pooled"] < 50.0
+    spared = evaluate(
+        MarkerModel(), batches, num_classes=13, device="cpu", ood_ignore=("fence",), progress=False
+    )
+    assert spared.metrics["ood/entropy/AUPR/pooled"] == pytest.approx(100.0)
+    only_pooled = evaluate(
+        MarkerModel(), batches, num_classes=13, device="cpu", protocols=("pooled",), progress=False
+    )
+    assert not any(k.endswith("/per-image") for k in only_pooled.metrics)
 
 
 def test_unknown_class_in_miou_exclude():

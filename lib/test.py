@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -52,6 +53,74 @@ class EvaluationResult:
 
 
 @torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    flip: bool = False,
+    scales: Sequence[float] = (1.0,),
+    window: tuple[int, int] | None = None,
+    overlap: float = 1 / 3,
+) -> torch.Tensor:
+    """Logits at the input resolution, with optional test-time augmentation and tiling.
+
+    Augmented predictions are averaged as logits (so every score sees one set of logits).
+
+    Args:
+        model: maps normalised images to logits.
+        images: normalised images. Shape (B, 3, H, W).
+        flip: also predict the horizontally flipped image and average.
+        scales: resize factors; each prediction is resized back to (H, W) bilinearly.
+        window: (height, width) of the tiles for sliding-window inference on inputs too large
+            for memory; None runs the whole image at once.
+        overlap: fraction of a tile shared with its neighbour.
+
+    Returns:
+        Logits. Shape (B, C, H, W).
+    """
+    height, width = images.shape[-2:]
+    total, count = None, 0
+    for scale in scales:
+        x = images
+        if scale != 1.0:
+            size = (max(1, round(height * scale)), max(1, round(width * scale)))
+            x = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        for flipped in (False, True) if flip else (False,):
+            inp = x.flip(-1) if flipped else x
+            out = _tiled(model, inp, window, overlap) if window else model(inp)
+            out = out.flip(-1) if flipped else out
+            if out.shape[-2:] != (height, width):
+                out = F.interpolate(out, size=(height, width), mode="bilinear", align_corners=False)
+            total = out.float() if total is None else total + out.float()
+            count += 1
+    return total / count
+
+
+def _tiled(model: nn.Module, images: torch.Tensor, window: tuple[int, int], overlap: float) -> torch.Tensor:
+    """Sliding-window logits: tiles overlap, their logits are averaged where they do."""
+    height, width = images.shape[-2:]
+    win_h, win_w = min(window[0], height), min(window[1], width)
+    stride_h = max(1, int(win_h * (1 - overlap)))
+    stride_w = max(1, int(win_w * (1 - overlap)))
+    tops = list(range(0, height - win_h + 1, stride_h))
+    lefts = list(range(0, width - win_w + 1, stride_w))
+    if tops[-1] != height - win_h:
+        tops.append(height - win_h)
+    if lefts[-1] != width - win_w:
+        lefts.append(width - win_w)
+    total = count = None
+    for top in tops:
+        for left in lefts:
+            out = model(images[..., top : top + win_h, left : left + win_w]).float()
+            if total is None:
+                total = out.new_zeros(out.shape[0], out.shape[1], height, width)
+                count = out.new_zeros(1, 1, height, width)
+            total[..., top : top + win_h, left : left + win_w] += out
+            count[..., top : top + win_h, left : left + win_w] += 1
+    return total / count
+
+
+@torch.no_grad()
 def evaluate(
     model: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -64,6 +133,9 @@ def evaluate(
     miou_exclude: Sequence[str] = (),
     ood_ignore: Sequence[str] = (),
     protocols: Sequence[str] = PROTOCOLS,
+    flip: bool = False,
+    scales: Sequence[float] = (1.0,),
+    window: tuple[int, int] | None = None,
     keep_examples: int = 0,
     progress: bool = True,
 ) -> EvaluationResult:
@@ -80,6 +152,8 @@ def evaluate(
         ood_ignore: class names whose pixels the anomaly metrics skip (none by default, as in
             the official protocol; DenseHybrid skips "other").
         protocols: ``pooled`` and/or ``per-image`` (see the module docstring).
+        flip, scales, window: test-time augmentation and sliding-window inference
+            (see `predict_logits`); the defaults run each image once, whole.
         keep_examples: keep the first N images with their predictions and score maps.
 
     Returns:
@@ -114,7 +188,7 @@ def evaluate(
     for images, masks in tqdm(batches, total=total, desc="evaluate", disable=not progress, leave=False):
         images = images.to(device, non_blocking=True)
         masks = masks.to(device, non_blocking=True)
-        logits = model(normalize(images))
+        logits = predict_logits(model, normalize(images), flip=flip, scales=scales, window=window)
         prediction = logits.argmax(dim=1)
         # Anomaly pixels are not a known class: they count for the anomaly metrics only.
         known_target = torch.where(masks == anomaly_id, torch.full_like(masks, IGNORE_INDEX), masks)

@@ -71,3 +71,39 @@ def test_unknown_class_in_miou_exclude():
 def test_empty_split_is_an_error():
     with pytest.raises(ValueError, match="test split is empty"):
         evaluate(MarkerModel(), [], num_classes=13, device="cpu", progress=False)
+
+
+class Ramp(nn.Module):
+    """Logit of class 0 = column index; class 1 = 0. Not flip-invariant, not translation-invariant."""
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        ramp = torch.arange(w, dtype=torch.float32).expand(b, h, w)
+        return torch.stack([ramp, torch.zeros_like(ramp)], dim=1)
+
+
+def test_flip_tta_averages_flipped_predictions():
+    from lib.test import predict_logits
+
+    out = predict_logits(Ramp(), torch.zeros(1, 3, 2, 5), flip=True)
+    assert torch.allclose(out[0, 0], torch.full((2, 5), 2.0))  # (x + (4 - x)) / 2
+
+
+def test_sliding_window_equals_whole_image_for_pointwise_model():
+    from lib.test import predict_logits
+
+    conv = nn.Conv2d(3, 4, kernel_size=1)
+    x = torch.randn(2, 3, 17, 23)
+    whole = predict_logits(conv, x)
+    for window in [(8, 8), (17, 5), (40, 40)]:
+        assert torch.allclose(predict_logits(conv, x, window=window), whole, atol=1e-6)
+
+
+def test_multiscale_keeps_input_resolution():
+    from lib.test import predict_logits
+
+    conv = nn.Conv2d(3, 4, kernel_size=1)
+    x = torch.ones(1, 3, 16, 24)
+    out = predict_logits(conv, x, scales=(0.5, 1.0, 1.5))
+    assert out.shape == (1, 4, 16, 24)
+    assert torch.allclose(out, conv(x), atol=1e-5)  # a constant image stays constant at any scale

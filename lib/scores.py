@@ -4,6 +4,13 @@ Every function maps logits of Shape (B, C, H, W) to scores of Shape (B, H, W), i
 The rank metrics (AUPR, AUROC, FPR95) depend only on the order of the scores, so a score
 may be returned in any strictly increasing transform of its textbook form; where that is
 done it is said, and it is done to keep float32 resolution where it matters.
+
+Scores: ``msp``, ``maxlogit``, ``entropy``, ``energy`` need the logits alone; ``sml``
+(standardized max logit) also needs per-class statistics fitted on the training split
+(`SMLStatistics`); ``pans`` is the PAnS prototype score for a cosine head of scale 10 (any
+head's logits work); ``abet`` is the AbeT score, the energy of the logits *before* the learned
+temperature, for a head that returns them in ``extras["untempered_logits"]`` (otherwise the
+logits themselves, i.e. energy).
 """
 
 from __future__ import annotations
@@ -12,15 +19,34 @@ import torch
 
 from lib.config import SCORES
 
+#: Every score this module computes (``SCORES``, the default set, needs nothing but logits).
+ALL_SCORES: tuple[str, ...] = (*SCORES, "sml", "pans", "abet")
+PANS_SCALE = 10.0
 
-def compute_scores(logits: torch.Tensor, names: tuple[str, ...] = SCORES) -> dict[str, torch.Tensor]:
+
+def compute_scores(
+    logits: torch.Tensor,
+    names: tuple[str, ...] = SCORES,
+    *,
+    sml_stats: SMLStatistics | None = None,
+    extras: dict[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
     """All requested scores of one batch, from one shared softmax.
 
-    Shape: (B, C, H, W) -> {name: (B, H, W)}.
+    Args:
+        logits: Shape (B, C, H, W).
+        names: scores to compute (see the module docstring).
+        sml_stats: fitted statistics, required for ``sml``.
+        extras: extra model outputs; ``untempered_logits`` (B, C, H, W) is used by ``abet``.
+
+    Returns:
+        {name: scores of Shape (B, H, W)}, higher = more anomalous.
     """
-    unknown = [n for n in names if n not in SCORES]
+    unknown = [n for n in names if n not in ALL_SCORES]
     if unknown:
-        raise ValueError(f"unknown score(s) {unknown}; valid scores: {', '.join(SCORES)}")
+        raise ValueError(f"unknown score(s) {unknown}; valid scores: {', '.join(ALL_SCORES)}")
+    if "sml" in names and sml_stats is None:
+        raise ValueError("the 'sml' score needs sml_stats: fit them with SMLStatistics on the training split")
     z = logits.float()
     z_max = z.amax(dim=1, keepdim=True)
     e = torch.exp(z - z_max)
@@ -41,7 +67,59 @@ def compute_scores(logits: torch.Tensor, names: tuple[str, ...] = SCORES) -> dic
         out["entropy"] = (p * (z_max.unsqueeze(1) - z)).sum(dim=1) + log1p_rest
     if "energy" in names:
         out["energy"] = -(z_max + log1p_rest)
+    if "sml" in names:
+        out["sml"] = sml_stats.standardize(z_max, z.argmax(dim=1))
+    if "pans" in names:
+        # 1 - (max cosine logit + s) / (2 s): the distance of the nearest prototype, in [0, 1].
+        out["pans"] = 1.0 - (z_max + PANS_SCALE) / (2 * PANS_SCALE)
+    if "abet" in names:
+        untempered = (extras or {}).get("untempered_logits", logits)
+        out["abet"] = -torch.logsumexp(untempered.float(), dim=1)
     return {name: out[name] for name in names}
+
+
+class SMLStatistics:
+    """Per-class mean and standard deviation of the max logit, for standardized max logit (SML).
+
+    SML (Jung et al., ICCV 2021) standardises each pixel's max logit with the statistics of the
+    max logits of the training pixels *predicted* as the same class, so classes with
+    habitually large logits no longer look familiar by default:
+    ``sml = -(max_c z_c - mean[k]) / std[k]`` with ``k = argmax_c z_c``.
+
+    Fill it with `update` over the training split (one streaming pass, three numbers per class),
+    then pass it to `compute_scores`. A class never predicted keeps mean 0 and std 1.
+    """
+
+    def __init__(self, num_classes: int, *, device: torch.device | str | None = None) -> None:
+        self.state = torch.zeros(3, num_classes, dtype=torch.float64, device=device or "cpu")
+
+    @property
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """``state`` = [count, sum, sum of squares] per class (all_reduce-able)."""
+        return {"state": self.state}
+
+    def update(self, logits: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+        """Add a batch. Shape: logits (B, C, H, W); valid optional bool (B, H, W)."""
+        z_max, k = logits.float().max(dim=1)
+        if valid is not None:
+            z_max, k = z_max[valid], k[valid]
+        z_max, k = z_max.flatten().double(), k.flatten()
+        self.state = self.state.to(logits.device)
+        for row, values in enumerate((torch.ones_like(z_max), z_max, z_max * z_max)):
+            self.state[row].index_add_(0, k, values)
+
+    def mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-class mean and standard deviation. Shape: (C,), (C,)."""
+        count, total, squares = self.state
+        seen = count > 0
+        mean = torch.where(seen, total / count.clamp(min=1), torch.zeros_like(total))
+        var = torch.where(seen, squares / count.clamp(min=1) - mean * mean, torch.ones_like(total))
+        return mean, var.clamp(min=1e-12).sqrt()
+
+    def standardize(self, z_max: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """``-(z_max - mean[k]) / std[k]``. Shape: (B, H, W), (B, H, W) -> (B, H, W)."""
+        mean, std = (t.to(z_max.device, torch.float32) for t in self.mean_std())
+        return -(z_max - mean[k]) / std[k]
 
 
 def msp(logits: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ from lib.classes import ANOMALY_ID, IGNORE_INDEX, STREETHAZARDS_CLASSES
 from lib.config import SCORES
 from lib.data import normalize
 from lib.metrics import AnomalyMetric, ConfusionMatrix, PerImageAnomalyMetric
-from lib.scores import compute_scores
+from lib.scores import SMLStatistics, compute_scores
 
 PROTOCOLS = ("pooled", "per-image")
 
@@ -136,6 +136,7 @@ def evaluate(
     flip: bool = False,
     scales: Sequence[float] = (1.0,),
     window: tuple[int, int] | None = None,
+    sml_stats: SMLStatistics | None = None,
     keep_examples: int = 0,
     progress: bool = True,
 ) -> EvaluationResult:
@@ -154,6 +155,7 @@ def evaluate(
         protocols: ``pooled`` and/or ``per-image`` (see the module docstring).
         flip, scales, window: test-time augmentation and sliding-window inference
             (see `predict_logits`); the defaults run each image once, whole.
+        sml_stats: training-split statistics for the ``sml`` score (`fit_sml_statistics`).
         keep_examples: keep the first N images with their predictions and score maps.
 
     Returns:
@@ -195,7 +197,7 @@ def evaluate(
         confusion.update(prediction, known_target)
         counted = (masks != IGNORE_INDEX) & ~torch.isin(masks, ignored_ids)
         is_anomaly = masks == anomaly_id
-        scores = compute_scores(logits, tuple(score_names))
+        scores = compute_scores(logits, tuple(score_names), sml_stats=sml_stats)
         for name, score in scores.items():
             if "pooled" in protocols:
                 anomaly[name].update(score, is_anomaly, counted)
@@ -218,6 +220,25 @@ def evaluate(
         confusion, {"pooled": pooled, "per-image": per_image}, class_names[:num_classes], miou_exclude
     )
     return EvaluationResult(metrics, anomaly, confusion, examples, num_images)
+
+
+@torch.no_grad()
+def fit_sml_statistics(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    num_classes: int,
+    device: torch.device | str,
+    progress: bool = True,
+) -> SMLStatistics:
+    """Max-logit statistics per predicted class over labelled pixels (one pass, e.g. the training split)."""
+    model.eval()
+    stats = SMLStatistics(num_classes, device=device)
+    total = len(batches) if hasattr(batches, "__len__") else None
+    for images, masks in tqdm(batches, total=total, desc="SML statistics", disable=not progress, leave=False):
+        logits = model(normalize(images.to(device)))
+        stats.update(logits, valid=masks.to(device) != IGNORE_INDEX)
+    return stats
 
 
 def _flatten(

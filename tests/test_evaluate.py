@@ -107,3 +107,28 @@ def test_multiscale_keeps_input_resolution():
     out = predict_logits(conv, x, scales=(0.5, 1.0, 1.5))
     assert out.shape == (1, 4, 16, 24)
     assert torch.allclose(out, conv(x), atol=1e-5)  # a constant image stays constant at any scale
+
+
+class LowConfidenceRoad(nn.Module):
+    """Always predicts road: logit 10 + noise from the green channel, or 0.5 where red is 255."""
+
+    def forward(self, x):
+        flagged = x[:, 0] > 0
+        logits = torch.full((x.shape[0], 13, *x.shape[-2:]), -1.0)
+        logits[:, 7] = torch.where(flagged, 0.5, 10.0 + x[:, 1])
+        return logits
+
+
+def test_sml_through_the_evaluator():
+    from lib.test import fit_sml_statistics
+
+    g = torch.Generator().manual_seed(0)
+    train_images = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+    train_images[:, 1] = torch.randint(0, 256, (2, 8, 8), dtype=torch.uint8, generator=g)
+    train = [(train_images, torch.full((2, 8, 8), 7))]
+    stats = fit_sml_statistics(LowConfidenceRoad(), train, num_classes=13, device="cpu", progress=False)
+    mean, std = stats.mean_std()
+    assert 9.0 < mean[7] < 11.0 and 0.5 < std[7] < 1.5
+    result = evaluate(LowConfidenceRoad(), _batches(), num_classes=13, device="cpu", score_names=("sml",),
+                      sml_stats=stats, progress=False)  # fmt: skip
+    assert result.metrics["ood/sml/AUROC/pooled"] == pytest.approx(100.0)

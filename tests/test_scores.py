@@ -58,3 +58,32 @@ def test_compute_scores_shapes_and_unknown_name():
     assert all(s.shape == (2, 3, 4) and s.dtype == torch.float32 for s in scores.values())
     with pytest.raises(ValueError, match="msp, maxlogit, entropy, energy"):
         compute_scores(_logits(), ("odin",))
+
+
+def test_sml_standardizes_by_predicted_class():
+    from lib.scores import SMLStatistics
+
+    # Training pixels: class 0 predicted with max logits 2 and 4 (mean 3, std 1); class 1 never.
+    train = torch.tensor([[2.0, 0.0], [4.0, 0.0]]).T.reshape(1, 2, 1, 2)
+    stats = SMLStatistics(2)
+    stats.update(train)
+    mean, std = stats.mean_std()
+    assert mean.tolist() == [3.0, 0.0] and std.tolist() == [1.0, 1.0]
+    test = torch.tensor([[5.0, 0.0], [0.0, 0.5]]).T.reshape(1, 2, 1, 2)
+    sml = compute_scores(test, ("sml",), sml_stats=stats)["sml"].flatten()
+    assert sml.tolist() == [-2.0, -0.5]  # -(5 - 3) / 1 ; class 1 unseen: -(0.5 - 0) / 1
+
+
+def test_sml_needs_statistics():
+    with pytest.raises(ValueError, match="needs sml_stats"):
+        compute_scores(_logits(), ("sml",))
+
+
+def test_pans_and_abet():
+    logits = torch.tensor([10.0, -10.0, 0.0]).view(1, 3, 1, 1)  # cosine logits at scale 10
+    scores = compute_scores(logits, ("pans", "abet", "energy"))
+    assert scores["pans"].item() == pytest.approx(0.0)  # on a prototype: least anomalous
+    assert torch.equal(scores["abet"], scores["energy"])  # no temperature: AbeT is energy
+    untempered = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
+    abet = compute_scores(logits, ("abet",), extras={"untempered_logits": untempered})["abet"]
+    assert abet.item() == pytest.approx(-math.log(math.e + 2))

@@ -24,7 +24,14 @@ import torch
 
 from lib.classes import IGNORE_INDEX
 
-__all__ = ["AnomalyMetric", "ConfusionMatrix", "PerImageAnomalyMetric", "rank_metrics"]
+__all__ = [
+    "AnomalyMetric",
+    "ComponentMetric",
+    "ConfusionMatrix",
+    "PerImageAnomalyMetric",
+    "best_f1_threshold",
+    "rank_metrics",
+]
 
 
 def _as_device(device: torch.device | str | None) -> torch.device | None:
@@ -488,3 +495,90 @@ def _exact_counts(scores: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarra
     tps = torch.cumsum(y, 0)[idx]
     fps = idx + 1 - tps
     return tps.cpu().numpy(), fps.cpu().numpy()
+
+
+# ================================================================================ components
+
+#: SegmentMeIfYouCan's component thresholds: 0.25, 0.30, ..., 0.75.
+COMPONENT_TAUS = tuple(round(0.25 + 0.05 * i, 2) for i in range(11))
+
+
+class ComponentMetric:
+    """SegmentMeIfYouCan component-level metrics at one pixel threshold, streamed per image.
+
+    Anomaly pixels form ground-truth components, pixels scoring ``>= threshold`` form predicted
+    components (8-connected; pixels outside ``valid`` belong to neither). For a ground-truth
+    component ``k``, with ``P(k)`` the union of predicted components touching it::
+
+        sIoU(k) = |k & P(k)| / |(k | P(k)) minus other ground-truth components|
+
+    and for a predicted component ``p``, with ``G(p)`` the ground truth it touches,
+    ``PPV(p) = |p & G(p)| / |p|``. At each ``tau`` in 0.25..0.75 (step 0.05) a ground-truth
+    component with ``sIoU > tau`` is a true positive (else a false negative) and a predicted
+    component with ``PPV <= tau`` a false positive; ``F1(tau) = 2TP / (2TP + FN + FP)``.
+
+    `compute` returns ``sIoU`` (mean over ground-truth components), ``PPV`` (mean over predicted
+    components) and ``mean_F1`` (mean of F1 over the taus). The state is a few counters.
+    """
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = float(threshold)
+        self.taus = np.asarray(COMPONENT_TAUS)
+        self.reset()
+
+    def reset(self) -> None:
+        self.tp = np.zeros(len(self.taus), dtype=np.int64)
+        self.fn = np.zeros_like(self.tp)
+        self.fp = np.zeros_like(self.tp)
+        self.siou_sum = self.ppv_sum = 0.0
+        self.n_gt = self.n_pred = 0
+
+    def update(self, scores: np.ndarray, is_anomaly: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """Add one image. Shape: (H, W) each (numpy or CPU tensors)."""
+        import cv2
+
+        scores, is_anomaly = np.asarray(scores), np.asarray(is_anomaly, dtype=bool)
+        valid = np.ones_like(is_anomaly) if valid is None else np.asarray(valid, dtype=bool)
+        n_gt, gt = cv2.connectedComponents((is_anomaly & valid).astype(np.uint8), connectivity=8)
+        n_pr, pr = cv2.connectedComponents(
+            ((scores >= self.threshold) & valid).astype(np.uint8), connectivity=8
+        )
+        # overlap[g, p]: pixels of ground-truth component g (0 = inlier) in predicted component p (0 = none).
+        overlap = np.bincount((gt * n_pr + pr)[valid], minlength=n_gt * n_pr).reshape(n_gt, n_pr)
+        touching = overlap[1:, 1:] > 0
+        if n_gt > 1:
+            inter = overlap[1:, 1:].sum(axis=1)
+            # Union minus other components = the component itself + the inlier pixels of P(k).
+            union = overlap[1:].sum(axis=1) + (touching * overlap[0, 1:]).sum(axis=1)
+            siou = inter / union
+            self.siou_sum += float(siou.sum())
+            self.n_gt += n_gt - 1
+            self.tp += (siou[None, :] > self.taus[:, None]).sum(axis=1)
+            self.fn += (siou[None, :] <= self.taus[:, None]).sum(axis=1)
+        if n_pr > 1:
+            ppv = overlap[1:, 1:].sum(axis=0) / overlap[:, 1:].sum(axis=0)
+            self.ppv_sum += float(ppv.sum())
+            self.n_pred += n_pr - 1
+            self.fp += (ppv[None, :] <= self.taus[:, None]).sum(axis=1)
+
+    def compute(self) -> dict:
+        """``sIoU``, ``PPV``, ``mean_F1`` in [0, 1] (NaN where undefined), the threshold and counts."""
+        denominator = 2 * self.tp + self.fn + self.fp
+        f1 = np.where(denominator > 0, 2 * self.tp / np.maximum(denominator, 1), np.nan)
+        return {
+            "sIoU": self.siou_sum / self.n_gt if self.n_gt else math.nan,
+            "PPV": self.ppv_sum / self.n_pred if self.n_pred else math.nan,
+            "mean_F1": float(np.nanmean(f1)) if np.isfinite(f1).any() else math.nan,
+            "threshold": self.threshold,
+            "n_gt_components": self.n_gt,
+            "n_pred_components": self.n_pred,
+        }
+
+
+def best_f1_threshold(metric: AnomalyMetric) -> float:
+    """The pixel threshold of highest F1 on a pooled metric's precision-recall curve."""
+    curves = metric.curves()
+    p, r = curves["precision"], curves["recall"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f1 = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
+    return float(curves["thresholds"][int(np.nanargmax(f1))])

@@ -14,9 +14,11 @@ The two give different numbers; compare a result only with one of the same proto
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,7 +27,13 @@ from tqdm.auto import tqdm
 from lib.classes import ANOMALY_ID, IGNORE_INDEX, STREETHAZARDS_CLASSES
 from lib.config import SCORES
 from lib.data import normalize
-from lib.metrics import AnomalyMetric, ConfusionMatrix, PerImageAnomalyMetric
+from lib.metrics import (
+    AnomalyMetric,
+    ComponentMetric,
+    ConfusionMatrix,
+    PerImageAnomalyMetric,
+    best_f1_threshold,
+)
 from lib.scores import SMLStatistics, compute_scores
 
 PROTOCOLS = ("pooled", "per-image")
@@ -137,6 +145,7 @@ def evaluate(
     scales: Sequence[float] = (1.0,),
     window: tuple[int, int] | None = None,
     sml_stats: SMLStatistics | None = None,
+    component_scores: Sequence[str] = (),
     keep_examples: int = 0,
     progress: bool = True,
 ) -> EvaluationResult:
@@ -156,6 +165,11 @@ def evaluate(
         flip, scales, window: test-time augmentation and sliding-window inference
             (see `predict_logits`); the defaults run each image once, whole.
         sml_stats: training-split statistics for the ``sml`` score (`fit_sml_statistics`).
+        component_scores: scores that also get the SegmentMeIfYouCan component metrics
+            (``ood/<score>/{sIoU,PPV,mean_F1}/components``) at their best-F1 pooled pixel
+            threshold. The threshold is known only once every pixel has been seen, so their
+            score maps are kept in a temporary file (4 bytes per pixel and score, deleted at the
+            end) and a second, model-free pass over that file finds the components.
         keep_examples: keep the first N images with their predictions and score maps.
 
     Returns:
@@ -186,6 +200,10 @@ def evaluate(
     )
     examples: list[Example] = []
     num_images = 0
+    unknown = [n for n in component_scores if n not in score_names]
+    if unknown:
+        raise ValueError(f"component_scores {unknown} must be among score_names {list(score_names)}")
+    stores = {name: _MapStore() for name in component_scores}
     total = len(batches) if hasattr(batches, "__len__") else None
     for images, masks in tqdm(batches, total=total, desc="evaluate", disable=not progress, leave=False):
         images = images.to(device, non_blocking=True)
@@ -203,6 +221,8 @@ def evaluate(
                 anomaly[name].update(score, is_anomaly, counted)
             if per_image:
                 per_image[name].update(score, is_anomaly, counted)
+            if name in stores:
+                stores[name].append(score, torch.where(counted, is_anomaly.to(torch.uint8), 255))
         for i in range(min(keep_examples - len(examples), images.shape[0])):
             examples.append(
                 Example(
@@ -216,9 +236,20 @@ def evaluate(
     if num_images == 0:
         raise ValueError("evaluate() got no batch: the test split is empty")
     pooled = anomaly if "pooled" in protocols else {}
+    components = {}
+    for name, store in stores.items():
+        components[name] = ComponentMetric(best_f1_threshold(anomaly[name]))
+        for score, labels in store.read():
+            components[name].update(score, labels == 1, labels != 255)
+        store.close()
     metrics = _flatten(
         confusion, {"pooled": pooled, "per-image": per_image}, class_names[:num_classes], miou_exclude
     )
+    for name, metric in components.items():
+        values = metric.compute()
+        for key in ("sIoU", "PPV", "mean_F1"):
+            metrics[f"ood/{name}/{key}/components"] = 100.0 * values[key]
+        metrics[f"ood/{name}/threshold/components"] = values["threshold"]
     return EvaluationResult(metrics, anomaly, confusion, examples, num_images)
 
 
@@ -239,6 +270,32 @@ def fit_sml_statistics(
         logits = model(normalize(images.to(device)))
         stats.update(logits, valid=masks.to(device) != IGNORE_INDEX)
     return stats
+
+
+class _MapStore:
+    """Per-image score maps and labels appended to a temporary file, read back image by image."""
+
+    def __init__(self) -> None:
+        self.file = tempfile.TemporaryFile()
+        self.shapes: list[tuple[int, int]] = []
+
+    def append(self, scores: torch.Tensor, labels: torch.Tensor) -> None:
+        """Shape: (B, H, W) float scores, (B, H, W) uint8 labels (0 inlier, 1 anomaly, 255 skip)."""
+        for score, label in zip(scores.float().cpu().numpy(), labels.cpu().numpy(), strict=True):
+            self.file.write(score.tobytes())
+            self.file.write(label.astype(np.uint8).tobytes())
+            self.shapes.append(score.shape)
+
+    def read(self):
+        self.file.seek(0)
+        for shape in self.shapes:
+            n = shape[0] * shape[1]
+            score = np.frombuffer(self.file.read(4 * n), dtype=np.float32).reshape(shape)
+            label = np.frombuffer(self.file.read(n), dtype=np.uint8).reshape(shape)
+            yield score, label
+
+    def close(self) -> None:
+        self.file.close()
 
 
 def _flatten(

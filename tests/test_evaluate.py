@@ -132,3 +132,17 @@ def test_sml_through_the_evaluator():
     result = evaluate(LowConfidenceRoad(), _batches(), num_classes=13, device="cpu", score_names=("sml",),
                       sml_stats=stats, progress=False)  # fmt: skip
     assert result.metrics["ood/sml/AUROC/pooled"] == pytest.approx(100.0)
+
+
+def test_component_metrics_through_the_evaluator():
+    result = evaluate(MarkerModel(), _batches(), num_classes=13, device="cpu", score_names=("entropy", "msp"),
+                      component_scores=("entropy",), progress=False)  # fmt: skip
+    m = result.metrics
+    # One anomaly component, found exactly by the best-F1 threshold: sIoU, PPV and F1 are 100.
+    assert m["ood/entropy/sIoU/components"] == pytest.approx(100.0)
+    assert m["ood/entropy/PPV/components"] == pytest.approx(100.0)
+    assert m["ood/entropy/mean_F1/components"] == pytest.approx(100.0)
+    assert "ood/msp/sIoU/components" not in m
+    with pytest.raises(ValueError, match="component_scores"):
+        evaluate(MarkerModel(), _batches(), num_classes=13, device="cpu", score_names=("msp",),
+                 component_scores=("entropy",), progress=False)  # fmt: skip

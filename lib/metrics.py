@@ -30,6 +30,7 @@ __all__ = [
     "ConfusionMatrix",
     "PerImageAnomalyMetric",
     "best_f1_threshold",
+    "exact_rank_metrics",
     "rank_metrics",
 ]
 
@@ -188,10 +189,22 @@ def _score_bins(scores: torch.Tensor, bits: int) -> torch.Tensor:
     non-negative) are the bin. This is the classic "flip all bits of negatives, the sign bit
     of positives" radix key, up to a constant offset, except that it also merges the zeros.
     """
+    return _score_index(scores, None, bits)
+
+
+def _score_index(scores: torch.Tensor, label: torch.Tensor | None, bits: int) -> torch.Tensor:
+    """`_score_bins`, times 2 plus the int32 label when one is given, in few in-place passes."""
     i = scores.reshape(-1).view(torch.int32)
-    mag = i & 0x7FFFFFFF
-    key = torch.where(i < 0, -mag, mag)
-    return (key >> (32 - bits)) + (1 << (bits - 1))
+    sign = i >> 31  # -1 for negative floats, else 0
+    key = i & 0x7FFFFFFF  # magnitude
+    key ^= sign  # two's-complement negation of the magnitude where sign == -1 ...
+    key -= sign  # ... so key = -mag for negative floats, +mag otherwise
+    key >>= 32 - bits
+    key += 1 << (bits - 1)
+    if label is not None:
+        key <<= 1
+        key += label
+    return key
 
 
 def _bin_lower_edges(bins: np.ndarray, bits: int) -> np.ndarray:
@@ -338,20 +351,20 @@ class AnomalyMetric:
         x = scores.detach().to(device=device, dtype=torch.float32)
         label = is_anomaly.detach().reshape(-1).to(device)
         label = label.to(torch.int32) if label.dtype == torch.bool else (label != 0).to(torch.int32)
+        keep = None if valid is None else valid.detach().reshape(-1).to(device=device, dtype=torch.bool)
         nan = torch.isnan(x.reshape(-1))
-        if valid is not None:
-            keep = valid.detach().reshape(-1).to(device=device, dtype=torch.bool)
-            nan &= keep
+        if bool(nan.any()) and keep is not None:
+            nan &= keep  # NaN is allowed where the pixel is not counted
         if bool(nan.any()):
             raise ValueError(
                 f"anomaly scores contain {int(nan.sum())} NaN value(s) among the counted pixels; "
                 "NaN has no rank (check the score computation for 0/0 or inf - inf)"
             )
         n_bins = 1 << self.bits
-        index = _score_bins(x, self.bits) * 2 + label  # bin * 2 + (1 if anomaly)
-        if valid is not None:
+        index = _score_index(x, label, self.bits)  # bin * 2 + (1 if anomaly)
+        if keep is not None:
             # Uncounted pixels go to one extra bin that is dropped: no boolean indexing.
-            index = torch.where(keep, index, 2 * n_bins)
+            index.masked_fill_(~keep, 2 * n_bins)
         counts = torch.bincount(index, minlength=2 * n_bins + 1)[: 2 * n_bins].view(n_bins, 2)
         self.neg_hist += counts[:, 0]
         self.pos_hist += counts[:, 1]
@@ -421,7 +434,7 @@ class AnomalyMetric:
 class PerImageAnomalyMetric:
     """AUPR, AUROC and FPR95 per image, averaged over images (the official anomaly-seg protocol).
 
-    Each image's metrics are exact (its counted pixels are sorted on their device); images
+    Each image's metrics are exact (`exact_rank_metrics` on its counted pixels); images
     without an anomaly pixel or without an inlier pixel are skipped, as in the official code,
     and counted in ``n_skipped``. The state is five numbers (three sums, two counts) in one
     float64 tensor, whatever the number of images, so ``all_reduce`` merges processes.
@@ -465,8 +478,7 @@ class PerImageAnomalyMetric:
                 continue
             if bool(torch.isnan(s).any()):
                 raise ValueError("anomaly scores contain NaN values among the counted pixels")
-            tps, fps = _exact_counts(s, y)
-            m = rank_metrics(tps, fps)
+            m = exact_rank_metrics(s.cpu().numpy(), y.cpu().numpy())
             self.state[:4] += torch.tensor([m["AUPR"], m["AUROC"], m["FPR95"], 1.0], dtype=torch.float64)
 
     def compute(self) -> dict:
@@ -485,16 +497,32 @@ class PerImageAnomalyMetric:
                 "n_images": n, "n_skipped": skipped}  # fmt: skip
 
 
-def _exact_counts(scores: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Cumulative (tps, fps) at each distinct score, highest first, by one sort on the device."""
-    order = torch.argsort(scores, descending=True, stable=True)
-    s = scores[order]
-    y = labels[order].to(torch.int64)
-    last_of_run = torch.nonzero(s[1:] != s[:-1]).flatten()
-    idx = torch.cat((last_of_run, torch.tensor([s.numel() - 1], device=s.device)))
-    tps = torch.cumsum(y, 0)[idx]
-    fps = idx + 1 - tps
-    return tps.cpu().numpy(), fps.cpu().numpy()
+def exact_rank_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Exact AUPR, AUROC and FPR95 (same definitions as `rank_metrics`) of one set of pixels.
+
+    Sorts the inlier and the anomaly scores separately (values only, no argsort) and reads every
+    count with ``searchsorted``, ties included, so it costs about one ``np.sort`` of the pixels.
+    Both classes must be present.
+    """
+    scores = np.asarray(scores, dtype=np.float32).ravel()
+    labels = np.asarray(labels, dtype=bool).ravel()
+    neg = np.sort(scores[~labels])
+    pos = np.sort(scores[labels])
+    n_pos, n_neg = pos.size, neg.size
+    values, first = np.unique(pos, return_index=True)  # distinct anomaly scores, ascending
+    tp = n_pos - first  # anomaly pixels >= each value
+    neg_below = np.searchsorted(neg, values, side="left")
+    neg_equal = np.searchsorted(neg, values, side="right") - neg_below
+    fp = n_neg - neg_below  # inlier pixels >= each value
+    counts = np.diff(np.append(first, n_pos))
+    aupr = float(np.sum(counts / n_pos * tp / (tp + fp)))
+    auroc = float(np.sum(counts * (neg_below + 0.5 * neg_equal)) / (n_pos * n_neg))
+    # FPR95 as the official code: each recall level spans the thresholds from just above the next
+    # lower anomaly value up to its own value; the lowest of them (most false positives) is used.
+    fp_lowest = np.concatenate(([fp[0]], n_neg - np.searchsorted(neg, values[:-1], side="right")))
+    recall = tp / n_pos
+    fpr95 = float(fp_lowest[np.argmin(np.abs(recall - 0.95))] / n_neg)
+    return {"AUPR": aupr, "AUROC": auroc, "FPR95": fpr95}
 
 
 # ================================================================================ components

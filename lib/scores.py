@@ -68,7 +68,7 @@ def compute_scores(
     if "energy" in names:
         out["energy"] = -(z_max + log1p_rest)
     if "sml" in names:
-        out["sml"] = sml_stats.standardize(z_max, z.argmax(dim=1))
+        out["sml"] = sml_stats.standardize(z_max, z.max(dim=1).indices)
     if "pans" in names:
         # 1 - (max cosine logit + s) / (2 s): the distance of the nearest prototype, in [0, 1].
         out["pans"] = 1.0 - (z_max + PANS_SCALE) / (2 * PANS_SCALE)

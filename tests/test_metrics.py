@@ -431,3 +431,25 @@ def test_best_f1_threshold():
     metric.update(torch.tensor([0.9, 0.8, 0.7, 0.2, 0.1]), torch.tensor([True, True, False, True, False]))
     # Thresholds 0.9 (F1 2/4), 0.8 (F1 0.8), 0.7 (F1 2*2/3*2/3/(4/3)=0.667), 0.2 (F1 6/7) -> 0.2.
     assert best_f1_threshold(metric) == pytest.approx(0.2, rel=1e-3)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_exact_rank_metrics_match_references_with_ties(seed):
+    from lib.metrics import exact_rank_metrics
+
+    g = np.random.default_rng(seed)
+    n = int(g.integers(20, 400))
+    y = g.random(n) < g.uniform(0.05, 0.6)
+    y[:2] = [True, False]
+    levels = int(g.integers(2, 12))  # few distinct values: heavy ties within and across classes
+    s = g.integers(0, levels, n).astype(np.float32) + 1.5 * y * g.random()
+    assert_matches(exact_rank_metrics(s, y), reference(y, s), atol=1e-12)
+
+
+def test_exact_rank_metrics_continuous():
+    from lib.metrics import exact_rank_metrics
+
+    g = np.random.default_rng(11)
+    y = g.random(5000) < 0.04
+    s = (g.normal(size=5000) + y).astype(np.float32)
+    assert_matches(exact_rank_metrics(s, y), reference(y, s), atol=1e-12)

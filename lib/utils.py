@@ -208,3 +208,31 @@ def plot_sample(
         ax.set_title(title)
         ax.axis("off")
     return fig
+
+
+def plot_curves(anomaly: Mapping[str, Any], *, title: str = ""):
+    """Precision-recall and ROC curves of each score, from pooled `AnomalyMetric` states.
+
+    Args:
+        anomaly: score name -> AnomalyMetric (e.g. ``EvaluationResult.anomaly``).
+    """
+    import matplotlib.pyplot as plt
+
+    fig, (ax_pr, ax_roc) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for name, metric in anomaly.items():
+        curves, values = metric.curves(), metric.compute()
+        ax_pr.plot(curves["recall"], curves["precision"], label=f"{name} (AUPR {100 * values['AUPR']:.1f})")
+        ax_roc.plot(curves["fpr"], curves["tpr"], label=f"{name} (AUROC {100 * values['AUROC']:.1f})")
+    ax_pr.set(
+        xlabel="recall", ylabel="precision", title="precision-recall (pooled)", xlim=(0, 1), ylim=(0, 1.02)
+    )
+    ax_roc.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1)
+    ax_roc.axhline(0.95, color="gray", linestyle=":", linewidth=1)
+    ax_roc.set(
+        xlabel="false-positive rate", ylabel="true-positive rate", title="ROC (pooled); dotted: TPR 95%"
+    )
+    for ax in (ax_pr, ax_roc):
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return fig

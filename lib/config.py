@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,29 @@ LOSSES = ("ce", "ce+h", "fl", "fl+h")
 SCORES = ("msp", "maxlogit", "entropy", "energy")
 DATASETS = ("synthetic", "streethazards")
 SCHEDULERS = ("plateau", "poly")
+OPTIMIZERS = ("adam", "sgd")
+AMP_MODES = ("off", "bf16", "fp16")
+PRETRAINED_SOURCES = ("cityscapes", "voc")
+
+#: Fields that may differ from the checkpoint's config when training resumes (`--resume`) or a
+#: checkpoint is evaluated (`scripts/test.py`): where data and outputs live, how fast it runs, how
+#: long it goes on, and how it is evaluated. Every other field defines the training and must match.
+RUNTIME_FIELDS = (
+    "data_root",
+    "validate_data",
+    "epochs",
+    "early_stopping_patience",
+    "num_workers",
+    "device",
+    "compile",
+    "eval_batch_size",
+    "scores",
+    "miou_exclude",
+    "max_eval_images",
+    "out_dir",
+    "progress",
+    "tensorboard",
+)
 
 
 @dataclass
@@ -42,6 +66,9 @@ class RunConfig:
     """Random training crop (height, width); the real dataset's seed setting is 512x512."""
     validate_data: bool = True
     """Decode every annotation once before training and stop on the first problem found."""
+    augment: bool = True
+    """Random crop and horizontal flip on the training split; off: whole images, no randomness
+    (for debugging, or to compare multi-GPU and single-GPU runs exactly)."""
 
     # Model
     backbone: str = "mobilenet_v2"
@@ -54,6 +81,9 @@ class RunConfig:
     """Start from torchvision's ImageNet weights (needs internet the first time)."""
     checkpoint: str | None = None
     """Optional VainF-format DeepLabv3+ checkpoint to fine-tune from (e.g. Cityscapes)."""
+    pretrained_on: str | None = None
+    """Source of the DeepLabv3+ weights to fine-tune from: cityscapes or voc (the seed's --dataset);
+    read from `checkpoint` when given, else from <out_dir>/pretrained/ under VainF's file name."""
 
     # Loss
     loss: str = "fl+h"
@@ -69,15 +99,37 @@ class RunConfig:
     epochs: int = 12
     """Number of passes over the training split."""
     batch_size: int = 8
-    """Training images per step."""
+    """Training images per step and process (the global batch is batch_size x processes x grad_accum_steps)."""
+    optimizer: str = "adam"
+    """adam (the seed's) or sgd (momentum 0.9, DeepLab's)."""
     lr: float = 1e-3
-    """Adam learning rate."""
+    """Learning rate of the decoder and classifier (and of the backbone unless backbone_lr is set)."""
+    backbone_lr: float | None = None
+    """Learning rate of the backbone; default: the same as lr (fine-tuning often uses lr / 10)."""
     weight_decay: float = 1e-5
-    """Adam weight decay."""
+    """Weight decay (L2, as Adam and SGD apply it)."""
     scheduler: str = "plateau"
     """LR schedule: plateau (halve on a validation-loss plateau, the seed's) or poly (DeepLab)."""
     plateau_patience: int = 5
     """Epochs without validation-loss improvement before the plateau schedule halves the LR."""
+    warmup_iters: int = 0
+    """Linear learning-rate warm-up over this many optimizer steps (0: none)."""
+    grad_accum_steps: int = 1
+    """Accumulate gradients over this many batches per optimizer step (a larger effective batch)."""
+    grad_clip: float | None = None
+    """Clip the global gradient norm to this value before each step (default: no clipping)."""
+    early_stopping_patience: int | None = None
+    """Stop after this many epochs without a new best validation loss (default: run every epoch)."""
+    amp: str = "off"
+    """Mixed precision: off (float32), bf16 (CPU and recent GPUs) or fp16 (GPU, with a GradScaler)."""
+    channels_last: bool = False
+    """Train in the channels-last memory format (faster convolutions on tensor-core GPUs)."""
+    compile: bool = False
+    """torch.compile the model for training (slow first steps, then faster; needs a C++ compiler)."""
+    freeze_bn: bool = False
+    """Keep BatchNorm layers in eval mode (running statistics fixed, affine weights still trained)."""
+    sync_bn: bool = False
+    """Multi-GPU: synchronise BatchNorm statistics across processes (CUDA only)."""
     num_workers: int = 2
     """DataLoader worker processes (0 loads in the main process)."""
     seed: int = 0
@@ -104,6 +156,8 @@ class RunConfig:
     """Folder name under out_dir/runs; default: the next free 'run_N'."""
     progress: bool = True
     """Show tqdm progress bars."""
+    tensorboard: bool = True
+    """Write TensorBoard scalars and prediction images to <run>/tensorboard (when it is installed)."""
 
     def __post_init__(self) -> None:
         self.image_size = tuple(self.image_size)
@@ -117,13 +171,28 @@ class RunConfig:
         _check_choice("dataset", self.dataset, DATASETS)
         _check_choice("loss", self.loss, LOSSES)
         _check_choice("scheduler", self.scheduler, SCHEDULERS)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("amp", self.amp, AMP_MODES)
+        if self.pretrained_on is not None:
+            _check_choice("pretrained_on", self.pretrained_on, PRETRAINED_SOURCES)
         for name in self.scores:
             _check_choice("scores", name, SCORES)
         if self.output_stride not in (8, 16):
             raise ValueError(f"output_stride must be 8 or 16, got {self.output_stride}")
-        for name in ("epochs", "batch_size", "eval_batch_size", "n_train"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "n_train", "grad_accum_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_iters", "plateau_patience", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("lr", "backbone_lr", "grad_clip"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise ValueError(
+                f"early_stopping_patience must be >= 1 (or None to disable), got {self.early_stopping_patience}"
+            )
         if len(self.crop_size) != 2 or min(self.crop_size) < 16:
             raise ValueError(f"crop_size must be (height, width) >= 16, got {self.crop_size}")
         if self.gamma_focal < 0 or self.entropy_weight < 0:
@@ -190,35 +259,120 @@ def presets() -> dict[str, dict[str, Any]]:
     }
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one --flag per RunConfig field, with the field's documentation as help."""
+#: Valid values of the fields that take a name (argparse shows them as choices).
+FIELD_CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset": DATASETS,
+    "loss": LOSSES,
+    "scheduler": SCHEDULERS,
+    "optimizer": OPTIMIZERS,
+    "amp": AMP_MODES,
+    "pretrained_on": PRETRAINED_SOURCES,
+    "scores": SCORES,
+}
+
+#: Flag spellings of scripts/train.py and scripts/test.py, so that the seed's command lines work
+#: there unchanged. The seed's --dataset named the PRETRAINING source of the DeepLabv3+ weights
+#: (cityscapes or voc), so the training data (RunConfig.dataset) is spelled --data there.
+SEED_FLAGS: dict[str, tuple[str, ...]] = {
+    "entropy_weight": ("--entropy-weight", "--gamma"),
+    "gamma_focal": ("--gamma-focal", "--gamma_focal"),
+    "pretrained_on": ("--pretrained-on", "--dataset"),
+    "dataset": ("--data",),
+}
+#: Help text added to those flags.
+SEED_FLAG_NOTES: dict[str, str] = {
+    "entropy_weight": "--gamma is the seed's spelling.",
+    "gamma_focal": "--gamma_focal is the seed's spelling.",
+    "pretrained_on": "--dataset is the seed's spelling: it names where the weights were trained, "
+    "not the training data (that is --data).",
+    "dataset": "Spelled --data here because --dataset is the seed's pretraining source "
+    "(scripts/main.py spells this one --dataset).",
+}
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    flags: Mapping[str, Sequence[str]] | None = None,
+    help_notes: Mapping[str, str] | None = None,
+    exclude: Sequence[str] = (),
+) -> None:
+    """Add one --flag per RunConfig field, with the field's documentation as help.
+
+    Args:
+        parser: gets one argument per field, ``dest`` = the field name, default None (not given).
+        flags: option strings per field replacing the default ``--field-name`` (e.g. the seed's
+            ``{"gamma_focal": ("--gamma-focal", "--gamma_focal")}``).
+        help_notes: text appended to a field's help (e.g. why a flag is spelled differently).
+        exclude: fields that get no flag.
+    """
     defaults = RunConfig()
     docs = _field_docs()
+    flags = dict(flags or {})
+    help_notes = dict(help_notes or {})
     for f in dataclasses.fields(RunConfig):
-        flag = "--" + f.name.replace("_", "-")
+        if f.name in exclude:
+            continue
+        names = tuple(flags.get(f.name, ("--" + f.name.replace("_", "-"),)))
         default = getattr(defaults, f.name)
-        help_text = f"{docs.get(f.name, '')} (default: {default})".strip()
+        help_text = " ".join(docs.get(f.name, "").split())
+        if f.name in help_notes:
+            help_text += " " + help_notes[f.name]
+        if "default" not in help_text:
+            help_text = f"{help_text} (default: {default})".strip()
+        common = dict(dest=f.name, default=None, help=help_text, choices=FIELD_CHOICES.get(f.name))
         if isinstance(default, bool):
-            parser.add_argument(
-                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text
-            )
+            common.pop("choices")
+            parser.add_argument(*names, action=argparse.BooleanOptionalAction, **common)
         elif isinstance(default, tuple):
             item_type = int if f.name.endswith("size") else str
-            parser.add_argument(flag, dest=f.name, nargs="+", type=item_type, default=None, help=help_text)
+            parser.add_argument(*names, nargs="+", type=item_type, **common)
         else:
-            parser.add_argument(
-                flag, dest=f.name, type=_scalar_type(f.type, default), default=None, help=help_text
-            )
+            parser.add_argument(*names, type=_scalar_type(f.type, default), **common)
 
 
 def config_from_args(args: argparse.Namespace, *, base: dict[str, Any] | None = None) -> RunConfig:
     """Build a RunConfig from parsed flags: defaults < base (a preset) < flags given."""
-    values = dict(base or {})
+    return RunConfig.from_dict({**(base or {}), **given_fields(args)})
+
+
+def given_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The RunConfig fields whose flags were given (not None) in parsed `args`."""
+    values = {}
     for f in dataclasses.fields(RunConfig):
         given = getattr(args, f.name, None)
         if given is not None:
             values[f.name] = given
-    return RunConfig.from_dict(values)
+    return values
+
+
+def config_with_overrides(
+    saved: RunConfig | Mapping[str, Any], given: Mapping[str, Any], *, purpose: str
+) -> RunConfig:
+    """A checkpoint's config with the `RUNTIME_FIELDS` among `given` changed.
+
+    Args:
+        saved: the config stored in the checkpoint.
+        given: field -> value the user asked for (e.g. the flags given on the command line).
+        purpose: what is being done, for the error message ("resuming run_3").
+
+    Raises:
+        ValueError: a field outside RUNTIME_FIELDS was given a different value; names each one
+            with both values.
+    """
+    saved = saved if isinstance(saved, RunConfig) else RunConfig.from_dict(dict(saved))
+    conflicts = []
+    for name, value in given.items():
+        current = getattr(saved, name)
+        value = tuple(value) if isinstance(value, list) else value
+        if name not in RUNTIME_FIELDS and value != current:
+            conflicts.append(f"--{name.replace('_', '-')} {value!r} (the checkpoint has {current!r})")
+    if conflicts:
+        raise ValueError(
+            f"{purpose}: {'; '.join(conflicts)} would change how the model was trained; only these "
+            f"fields may change: {', '.join(RUNTIME_FIELDS)}. Start a new run to change the others."
+        )
+    return saved.replace(**{k: v for k, v in given.items() if k in RUNTIME_FIELDS})
 
 
 def _scalar_type(annotation: Any, default: Any):
@@ -256,8 +410,17 @@ __all__ = [
     "SCORES",
     "DATASETS",
     "SCHEDULERS",
+    "OPTIMIZERS",
+    "AMP_MODES",
+    "PRETRAINED_SOURCES",
+    "RUNTIME_FIELDS",
+    "FIELD_CHOICES",
+    "SEED_FLAGS",
+    "SEED_FLAG_NOTES",
     "RunConfig",
     "presets",
     "add_config_arguments",
     "config_from_args",
+    "config_with_overrides",
+    "given_fields",
 ]

@@ -1,24 +1,37 @@
-"""StreetHazards dataset, image+mask transforms, validation and DataLoader helpers.
+"""Segmentation datasets (one base class), image+mask transforms, validation, loaders, class statistics.
 
-The same code reads the real StreetHazards release and the synthetic one that
-`lib.synthetic` writes in the identical layout::
+Every dataset returns ``(image, mask)``: image a ``tv_tensors.Image`` uint8 of Shape (3, H, W),
+mask a ``tv_tensors.Mask`` int64 train ids of Shape (H, W) with 255 = ignore. The base class
+`SegmentationDataset` does the decoding, the raw-value -> train-id mapping (a 256-entry lookup
+table per dataset, `LabelEncoding`), the checks and `validate`; a dataset only says where its
+files are. StreetHazards lives here; Cityscapes, BDD100K, LostAndFound and RoadAnomaly are in
+`lib.datasets`.
+
+StreetHazards layout (the real release and the synthetic one that `lib.synthetic` writes)::
 
     root/train/images/training/t1-3/*.png   root/train/annotations/training/t1-3/*.png
     root/train/images/validation/t4/*.png   root/train/annotations/validation/t4/*.png
     root/test/images/test/t5/*.png          root/test/annotations/test/t5/*.png   (t6, t5-6 too)
     root/train/training.odgt, root/train/validation.odgt, root/test/test.odgt    (optional index)
 
-Annotations are single-channel PNGs with raw values 1..14; the dataset returns train ids
-``raw - 1`` (0..13, anomaly = 13) as int64, and raw 0 becomes the ignore value 255.
+StreetHazards annotations are single-channel PNGs with raw values 1..14; the dataset returns
+train ids ``raw - 1`` (0..13, anomaly = 13), and raw 0 becomes the ignore value 255.
+
+Speed: 8-bit RGB PNGs are decoded by libspng when ``pyspng`` is installed (else, like every other
+file, by OpenCV straight to RGB; both give identical pixels), transforms run on uint8 tensors,
+the mask is cast to int64 only after the transforms (so only the crop is widened), and
+normalisation happens on the batch, on the GPU (`normalize`). ``scripts/bench_data.py`` measures
+it against the seed's PIL pipeline; PNG decoding (mostly zlib inflate) is most of the cost of both.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import cv2
 import numpy as np
@@ -27,17 +40,27 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from lib.classes import IGNORE_INDEX, RAW_MAX, RAW_MIN, STREETHAZARDS_CLASSES
+from lib.classes import ANOMALY_ID, IGNORE_INDEX, RAW_MAX, RAW_MIN, STREETHAZARDS_CLASSES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-#: split name -> (odgt file, image folder, annotation folder), relative to the root.
+#: StreetHazards split name -> (odgt file, image folder, annotation folder), relative to the root.
 SPLITS: dict[str, tuple[str, str, str]] = {
     "train": ("train/training.odgt", "train/images/training", "train/annotations/training"),
     "val": ("train/validation.odgt", "train/images/validation", "train/annotations/validation"),
     "test": ("test/test.odgt", "test/images/test", "test/annotations/test"),
 }
+
+# Decode straight to RGB where OpenCV can (4.10+); ignore EXIF orientation because label images
+# are drawn on the stored pixel grid, never on a rotated view.
+_IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
+_IMREAD_FLAGS = (cv2.IMREAD_COLOR if _IMREAD_RGB is None else _IMREAD_RGB) | cv2.IMREAD_IGNORE_ORIENTATION
+
+try:  # optional: libspng decodes 8-bit RGB PNGs faster than OpenCV's libpng (scripts/bench_data.py)
+    import pyspng as _pyspng
+except ImportError:  # pragma: no cover - depends on the environment
+    _pyspng = None
 
 
 class DatasetError(ValueError):
@@ -50,7 +73,330 @@ class Sample:
     annotation: Path
 
 
-# ----------------------------------------------------------------------------- discovery
+# ----------------------------------------------------------------------------- label encodings
+
+
+@dataclass(frozen=True, eq=False)
+class LabelEncoding:
+    """How the raw values of a dataset's annotation PNGs become train ids.
+
+    Args:
+        lut: Shape (256,) uint8: raw value -> train id (255 for raw values that mean "no label").
+        valid: Shape (256,) bool: raw values that may occur; any other value is an error.
+        description: the allowed raw values in words, for error messages (e.g. ``"1..14"``).
+    """
+
+    lut: np.ndarray = field(repr=False)
+    valid: np.ndarray = field(repr=False)
+    description: str
+    _invalid: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.lut.shape != (256,) or self.valid.shape != (256,):
+            raise ValueError("lut and valid must have 256 entries, one per uint8 value")
+        object.__setattr__(self, "lut", np.ascontiguousarray(self.lut, dtype=np.uint8))
+        object.__setattr__(self, "valid", np.ascontiguousarray(self.valid, dtype=bool))
+        object.__setattr__(self, "_invalid", (~self.valid).astype(np.uint8))
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[int, int], description: str) -> LabelEncoding:
+        """Encoding in which exactly the raw values in `mapping` are valid."""
+        lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+        valid = np.zeros(256, dtype=bool)
+        for raw, train_id in mapping.items():
+            if not (0 <= raw <= 255 and 0 <= train_id <= 255):
+                raise ValueError(f"raw value {raw} -> train id {train_id}: both must be in 0..255")
+            lut[raw] = train_id
+            valid[raw] = True
+        return cls(lut, valid, description)
+
+    def encode(self, raw: np.ndarray, *, path: Path, dataset: str) -> np.ndarray:
+        """Raw uint8 annotation -> uint8 train ids, same Shape (H, W).
+
+        Raises:
+            DatasetError: a raw value outside the valid set (naming the file and the value).
+        """
+        value = self.first_invalid(raw)
+        if value is not None:
+            raise DatasetError(
+                f"annotation {path} has value {value}; {dataset} labels are {self.description} "
+                f"(raw PNG values): check that this is a {dataset} annotation and not a colour or "
+                "train-id image, or re-extract the file"
+            )
+        return cv2.LUT(raw, self.lut)
+
+    def first_invalid(self, raw: np.ndarray) -> int | None:
+        """The first raw value (in memory order) outside the valid set, or None."""
+        # cv2.LUT + countNonZero: two fast passes, no temporary bool array on the common path.
+        if not cv2.countNonZero(cv2.LUT(raw, self._invalid)):
+            return None
+        return int(raw[~self.valid[raw]].flat[0])
+
+    @property
+    def raw_values(self) -> list[int]:
+        return np.flatnonzero(self.valid).tolist()
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """Decode an image file (PNG, JPEG, WebP) to an RGB uint8 tensor with OpenCV.
+
+    Shape: (3, H, W) (a view of the decoded H x W x 3 array: no copy).
+
+    Raises:
+        DatasetError: the file is missing or does not decode.
+    """
+    if _pyspng is not None and str(path).lower().endswith(".png"):
+        image = _read_rgb8_png(Path(path))
+        if image is not None:
+            return image
+    image = cv2.imread(str(path), _IMREAD_FLAGS)
+    if image is None:
+        raise DatasetError(f"cannot decode image {path}; the file is missing or damaged: re-extract it")
+    if _IMREAD_RGB is None:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return torch.from_numpy(image).permute(2, 0, 1)
+
+
+def _read_rgb8_png(path: Path) -> torch.Tensor | None:
+    """pyspng fast path for 8-bit RGB PNGs (the images of every dataset here); None for any other
+    PNG kind, which OpenCV then decodes (so both paths give identical pixels)."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        raise DatasetError(
+            f"cannot decode image {path}; the file is missing or damaged: re-extract it"
+        ) from None
+    # IHDR is the first chunk: bit depth at byte 24, colour type at byte 25 (2 = RGB).
+    if len(data) < 33 or data[12:16] != b"IHDR" or data[24] != 8 or data[25] != 2:
+        return None
+    try:
+        image = _pyspng.load(data, format="RGB")
+    except RuntimeError:
+        raise DatasetError(
+            f"cannot decode image {path}; the file is missing or damaged: re-extract it"
+        ) from None
+    return torch.from_numpy(image).permute(2, 0, 1)
+
+
+def read_label_png(
+    path: Path, *, dataset: str = "StreetHazards", expected: str = "values 1..14"
+) -> np.ndarray:
+    """Decode a label PNG as stored: Shape (H, W) uint8, no mapping.
+
+    Raises:
+        DatasetError: the file does not decode, or is not a single-channel 8-bit image.
+    """
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if raw is None:
+        raise DatasetError(f"cannot decode annotation {path}; the file is missing or damaged: re-extract it")
+    if raw.ndim != 2 or raw.dtype != np.uint8:
+        channels = 1 if raw.ndim == 2 else raw.shape[2]
+        raise DatasetError(
+            f"annotation {path} has {channels} channel(s) of {raw.dtype}; {dataset} annotations are "
+            f"single-channel 8-bit PNGs with {expected} (a colour-coded label image is not an "
+            "annotation: use the label-id PNGs of the release)"
+        )
+    return raw
+
+
+def _jpeg_is_complete(path: Path) -> bool:
+    """OpenCV decodes a truncated JPEG with only a warning; a complete one ends with the EOI marker."""
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        size = f.tell()
+        f.seek(max(0, size - 1024))
+        tail = f.read()
+    return b"\xff\xd9" in tail  # 0xFFD9 cannot occur inside entropy-coded data (0xFF is stuffed)
+
+
+# ----------------------------------------------------------------------------- base class
+
+
+class SegmentationDataset(Dataset):
+    """Base of every dataset here: (image, mask) pairs decoded, mapped, checked and transformed.
+
+    Subclasses set the class attributes and implement `find_samples` (pairs of the split, with
+    the subset options applied, before `limit`) and `annotation_files` (every annotation of the
+    split on disk with the image it needs, for the extra-annotation check).
+
+    Args:
+        root: the dataset folder (see the subclass for what it must contain).
+        split: one of the subclass's `splits`.
+        transforms: a transforms-v2 callable taking and returning ``(Image, Mask)``. It gets the
+            mask as uint8 train ids (cheaper to crop); the mask is cast to int64 after it.
+        limit: keep only the first ``limit`` samples (in sorted file order).
+
+    Returns (per item):
+        image: ``tv_tensors.Image`` uint8, Shape (3, H, W) (normalise with `normalize`).
+        mask: ``tv_tensors.Mask`` int64 train ids, Shape (H, W); 255 = ignore.
+    """
+
+    #: Name used in messages.
+    name: ClassVar[str] = "dataset"
+    #: Class names in train-id order.
+    classes: tuple[str, ...] = ()
+    #: Valid split names.
+    splits: ClassVar[tuple[str, ...]] = ()
+    #: Train id of the anomaly class, or None where the dataset has none.
+    anomaly_id: int | None = None
+    #: Mask value no loss or metric looks at.
+    ignore_index: ClassVar[int] = IGNORE_INDEX
+    #: Raw annotation value -> train id.
+    encoding: LabelEncoding
+    #: One line on how to get the dataset, appended to "folder not found" errors.
+    download_hint: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        *,
+        transforms: Callable | None = None,
+        limit: int | None = None,
+    ) -> None:
+        if split not in self.splits:
+            raise DatasetError(
+                f"unknown split {split!r} for {self.name}; valid splits: {', '.join(self.splits)}"
+            )
+        if limit is not None and limit < 1:
+            raise DatasetError(f"limit must be a positive number of samples, got {limit}")
+        self.root = Path(root)
+        self.split = split
+        self.transforms = transforms
+        self.samples: list[Sample] = self.find_samples()[:limit]
+
+    # -- what a subclass provides
+
+    def find_samples(self) -> list[Sample]:
+        """(image, annotation) pairs of the split, sorted; raises DatasetError on any problem."""
+        raise NotImplementedError
+
+    def annotation_files(self) -> list[tuple[Path, Path]]:
+        """Every annotation file of the split on disk, with the image path it needs."""
+        raise NotImplementedError
+
+    # -- decoding
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def read_mask(self, path: Path) -> np.ndarray:
+        """Annotation file -> uint8 train ids, Shape (H, W) (255 = ignore); checks every value."""
+        raw = read_label_png(path, dataset=self.name, expected=f"values {self.encoding.description}")
+        return self.encoding.encode(raw, path=path, dataset=self.name)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        sample = self.samples[index]
+        image = tv_tensors.Image(read_image(sample.image))
+        mask = tv_tensors.Mask(torch.from_numpy(self.read_mask(sample.annotation)))
+        if image.shape[-2:] != mask.shape[-2:]:
+            raise DatasetError(
+                f"image {sample.image} is {tuple(image.shape[-2:])} but its annotation {sample.annotation} is "
+                f"{tuple(mask.shape[-2:])}; they must have the same size (re-extract the pair)"
+            )
+        if self.transforms is not None:
+            image, mask = self.transforms(image, mask)
+        return image, tv_tensors.Mask(mask.to(torch.int64))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, samples={len(self)})"
+
+    # -- validation
+
+    def validate(self, *, decode: bool = True) -> int:
+        """Check the split before use: every image has its annotation and every annotation its
+        image, and (with `decode`) every file of `samples` decodes, pairs have one size and every
+        label value is one the dataset defines.
+
+        Returns:
+            The number of samples checked.
+
+        Raises:
+            DatasetError: at the first problem, naming the file and the fix.
+        """
+        paired = {s.annotation for s in self.find_samples()}
+        for annotation, image in self.annotation_files():
+            if annotation not in paired:
+                raise DatasetError(
+                    f"annotation {annotation} has no image (expected {image}); remove it or restore the image"
+                )
+        if decode:
+            for s in self.samples:
+                self.check_sample(s)
+        return len(self.samples)
+
+    def check_sample(self, sample: Sample) -> None:
+        """Decode one pair and check it (values, size, JPEG completeness); raises DatasetError."""
+        labels = self.read_mask(sample.annotation)
+        image = read_image(sample.image)
+        if sample.image.suffix.lower() in (".jpg", ".jpeg") and not _jpeg_is_complete(sample.image):
+            raise DatasetError(
+                f"cannot decode image {sample.image} completely: the JPEG is truncated; re-extract it"
+            )
+        if image.shape[-2:] != labels.shape:
+            raise DatasetError(
+                f"image {sample.image} is {tuple(image.shape[-2:])} but annotation {sample.annotation} is "
+                f"{tuple(labels.shape)}; they must have the same size (re-extract the pair)"
+            )
+
+    # -- helpers for subclasses
+
+    def _missing_folder(
+        self, missing: Path, required: Sequence[str], *, alternatives: Sequence[Sequence[str]] = ()
+    ) -> DatasetError:
+        """Error for a folder that is not there, suggesting a nearby root that holds `required`
+        (or one of the `alternatives`, for datasets released in several layouts)."""
+        message = f"{self.name} folder {missing} does not exist"
+        for option in (required, *alternatives):
+            found = suggest_root(self.root, option)
+            if found is not None:
+                return DatasetError(f"{message}; did you mean data_root={str(found)!r}?")
+        if not self.root.exists():
+            return DatasetError(f"{message}: {self.root} is missing. {self.download_hint}".rstrip())
+        return DatasetError(f"{message}; point data_root at the folder that contains {', '.join(required)}")
+
+    def _pair(
+        self, images: Sequence[Path], annotation_for: Callable[[Path], Path], where: Path
+    ) -> list[Sample]:
+        """Samples for `images` (sorted), with `annotation_for(image)`; empty or unpaired -> error."""
+        if not images:
+            raise DatasetError(
+                f"split {self.split!r} of {self.name} under {self.root} is empty: no image in {where}; "
+                "check that the dataset was extracted completely"
+            )
+        samples = [Sample(p, annotation_for(p)) for p in sorted(images)]
+        for s in samples:
+            if not s.annotation.is_file():
+                raise DatasetError(
+                    f"image {s.image} has no annotation (expected {s.annotation}); "
+                    "restore the annotation or remove the image"
+                )
+        return samples
+
+
+def suggest_root(root: Path, required: Sequence[str]) -> Path | None:
+    """A folder near `root` (itself, two levels down, two up) that contains every `required` path."""
+    root = Path(root)
+    if not required:
+        return None
+    candidates: list[Path] = []
+    if root.is_dir():
+        candidates += [root, *sorted(root.glob("*")), *sorted(root.glob("*/*"))]
+    candidates += [p for p in list(root.parents)[:2] if p.is_dir()]
+    for candidate in candidates:
+        if candidate.is_dir() and all((candidate / r).exists() for r in required):
+            return candidate
+    return None
+
+
+# ----------------------------------------------------------------------------- StreetHazards
 
 
 def find_samples(root: str | Path, split: str) -> list[Sample]:
@@ -109,11 +455,9 @@ def read_odgt(path: str | Path) -> list[dict]:
 
 def _missing_root_message(root: Path, image_dir: str) -> str:
     message = f"dataset folder {root / image_dir} does not exist"
-    # Suggest a nearby folder that does have the expected layout (a common extraction slip).
-    candidates = [root, *root.glob("*"), *root.glob("*/*")] if root.is_dir() else []
-    for candidate in candidates:
-        if (candidate / image_dir).is_dir():
-            return f"{message}; did you mean data_root={str(candidate)!r}?"
+    found = suggest_root(root, [image_dir])
+    if found is not None:
+        return f"{message}; did you mean data_root={str(found)!r}?"
     if not root.exists():
         return (
             f"{message}: {root} is missing. Download StreetHazards (scripts/download_streethazards.sh) "
@@ -122,51 +466,14 @@ def _missing_root_message(root: Path, image_dir: str) -> str:
     return f"{message}; point data_root at the folder that contains train/ and test/"
 
 
-# ----------------------------------------------------------------------------- decoding
+#: StreetHazards raw 1..14 -> train ids 0..13; raw 0 (no label) -> ignore.
+STREETHAZARDS_ENCODING = LabelEncoding.from_mapping(
+    {0: IGNORE_INDEX, **{raw: raw - RAW_MIN for raw in range(RAW_MIN, RAW_MAX + 1)}},
+    f"{RAW_MIN}..{RAW_MAX} (0 = no label)",
+)
 
 
-def read_image(path: Path) -> torch.Tensor:
-    """Decode an RGB PNG to a uint8 tensor (OpenCV: the fastest reliable decoder here).
-
-    Shape: (3, H, W).
-    """
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise DatasetError(f"cannot decode image {path}; the file is missing or damaged: re-extract it")
-    return torch.from_numpy(cv2.cvtColor(image, cv2.COLOR_BGR2RGB)).permute(2, 0, 1)
-
-
-def read_annotation(path: Path) -> torch.Tensor:
-    """Decode a StreetHazards annotation to train ids. Shape: (H, W), int64, ignore = 255."""
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if raw is None:
-        raise DatasetError(f"cannot decode annotation {path}; the file is missing or damaged: re-extract it")
-    if raw.ndim != 2 or raw.dtype != np.uint8:
-        channels = 1 if raw.ndim == 2 else raw.shape[2]
-        raise DatasetError(
-            f"annotation {path} has {channels} channel(s) of {raw.dtype}; StreetHazards annotations are "
-            "single-channel 8-bit PNGs with values 1..14 (a colour-coded label image is not an annotation)"
-        )
-    labels = torch.from_numpy(raw).long() - 1
-    labels[labels < 0] = IGNORE_INDEX  # raw 0: no label
-    return labels
-
-
-def check_annotation_values(labels: torch.Tensor, path: Path) -> None:
-    """Raise DatasetError if an annotation holds a value outside the StreetHazards range."""
-    bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels > RAW_MAX - RAW_MIN))
-    if bool(bad.any()):
-        value = int(labels[bad][0]) + 1
-        raise DatasetError(
-            f"annotation {path} has value {value}; StreetHazards labels are {RAW_MIN}..{RAW_MAX} "
-            "(raw PNG values): check that this is a StreetHazards annotation and not a colour or train-id image"
-        )
-
-
-# ----------------------------------------------------------------------------- dataset
-
-
-class StreetHazards(Dataset):
+class StreetHazards(SegmentationDataset):
     """StreetHazards split as (image, mask) pairs.
 
     Args:
@@ -180,40 +487,47 @@ class StreetHazards(Dataset):
         mask: ``tv_tensors.Mask`` int64 train ids, Shape (H, W); 13 = anomaly, 255 = ignore.
     """
 
+    name = "StreetHazards"
     classes = STREETHAZARDS_CLASSES
+    splits = tuple(SPLITS)
+    anomaly_id = ANOMALY_ID
+    encoding = STREETHAZARDS_ENCODING
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str,
-        *,
-        transforms: Callable | None = None,
-        limit: int | None = None,
-    ) -> None:
-        self.root = Path(root)
-        self.split = split
-        self.samples = find_samples(self.root, split)[:limit]
-        self.transforms = transforms
+    def find_samples(self) -> list[Sample]:
+        return find_samples(self.root, self.split)
 
-    def __len__(self) -> int:
-        return len(self.samples)
+    def annotation_files(self) -> list[tuple[Path, Path]]:
+        _, image_dir, annotation_dir = SPLITS[self.split]
+        image_dir, annotation_dir = self.root / image_dir, self.root / annotation_dir
+        if not annotation_dir.is_dir():
+            return []
+        return [(a, image_dir / a.relative_to(annotation_dir)) for a in sorted(annotation_dir.rglob("*.png"))]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        sample = self.samples[index]
-        image = tv_tensors.Image(read_image(sample.image))
-        mask = tv_tensors.Mask(read_annotation(sample.annotation))
-        if image.shape[-2:] != mask.shape[-2:]:
-            raise DatasetError(
-                f"image {sample.image} is {tuple(image.shape[-2:])} but its annotation is "
-                f"{tuple(mask.shape[-2:])}; they must have the same size (re-extract the pair)"
-            )
-        if self.transforms is not None:
-            image, mask = self.transforms(image, mask)
-        return image, mask
+
+def read_annotation(path: Path) -> torch.Tensor:
+    """Decode a StreetHazards annotation to train ids. Shape: (H, W), int64, ignore = 255.
+
+    Raises:
+        DatasetError: undecodable file, more than one channel, or a value outside 0..14.
+    """
+    labels = STREETHAZARDS_ENCODING.encode(read_label_png(path), path=Path(path), dataset="StreetHazards")
+    return torch.from_numpy(labels).long()
+
+
+def check_annotation_values(labels: torch.Tensor, path: Path) -> None:
+    """Raise DatasetError if StreetHazards train ids hold a value outside 0..13 (255 allowed)."""
+    bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels > RAW_MAX - RAW_MIN))
+    if bool(bad.any()):
+        value = int(labels[bad][0]) + 1
+        raise DatasetError(
+            f"annotation {path} has value {value}; StreetHazards labels are {RAW_MIN}..{RAW_MAX} "
+            "(raw PNG values): check that this is a StreetHazards annotation and not a colour or train-id image"
+        )
 
 
 def validate_split(root: str | Path, split: str, *, decode: bool = True) -> int:
-    """Check a split before training: pairs exist, files decode, sizes match, labels in 1..14.
+    """Check a StreetHazards split before training: pairs exist, files decode, sizes match,
+    labels in 1..14 (see `SegmentationDataset.validate`; other datasets: ``ds.validate()``).
 
     Args:
         decode: also decode every image and annotation (reads every byte once).
@@ -224,28 +538,7 @@ def validate_split(root: str | Path, split: str, *, decode: bool = True) -> int:
     Raises:
         DatasetError: at the first problem, naming the file and the fix.
     """
-    samples = find_samples(root, split)
-    images = {s.image.relative_to(Path(root)) for s in samples}
-    annotation_dir = Path(root) / SPLITS[split][2]
-    image_dir = Path(root) / SPLITS[split][1]
-    if annotation_dir.is_dir():
-        for extra in sorted(annotation_dir.rglob("*.png")):
-            twin = image_dir / extra.relative_to(annotation_dir)
-            if twin.relative_to(Path(root)) not in images:
-                raise DatasetError(
-                    f"annotation {extra} has no image (expected {twin}); remove it or restore the image"
-                )
-    if decode:
-        for s in samples:
-            labels = read_annotation(s.annotation)
-            check_annotation_values(labels, s.annotation)
-            image = read_image(s.image)
-            if image.shape[-2:] != labels.shape:
-                raise DatasetError(
-                    f"image {s.image} is {tuple(image.shape[-2:])} but annotation {s.annotation} is "
-                    f"{tuple(labels.shape)}; they must have the same size (re-extract the pair)"
-                )
-    return len(samples)
+    return StreetHazards(root, split).validate(decode=decode)
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -301,6 +594,11 @@ def make_loader(
 
     With ``num_workers > 0`` each worker's augmentation RNG derives from `seed`; with 0 the
     transforms draw from the global torch RNG, which `lib.utils.seed_everything` seeds.
+
+    Workers deliberately do not call ``cv2.setNumThreads``: in a worker forked after the main
+    process used OpenCV's thread pool (e.g. `validate_split` decoding every file), that call
+    blocks forever on the pool's inherited state. The per-sample OpenCV work here (decode, two
+    lookup tables) is single-threaded or tiny, so there is nothing to oversubscribe.
     """
     generator = torch.Generator()
     generator.manual_seed(seed)
@@ -317,16 +615,83 @@ def make_loader(
     )
 
 
-def class_pixel_counts(
-    dataset: StreetHazards, *, num_classes: int = len(STREETHAZARDS_CLASSES)
-) -> torch.Tensor:
-    """Pixels per train id over a split, reading the annotations only. Shape: (num_classes,)."""
-    counts = torch.zeros(num_classes, dtype=torch.int64)
-    for s in dataset.samples:
-        labels = read_annotation(s.annotation)
-        labels = labels[labels != IGNORE_INDEX]
-        counts += torch.bincount(labels.flatten(), minlength=num_classes)[:num_classes]
-    return counts
+# ----------------------------------------------------------------------------- class statistics
+
+
+@dataclass
+class ClassStatistics:
+    """Pixel statistics of a split's annotations (train ids), from one pass over the files.
+
+    Attributes:
+        counts: Shape (C,) int64: pixels of each class.
+        image_pixels: Shape (C,) int64: labelled pixels of the images in which the class occurs
+            (the denominator of median frequency balancing).
+        images: Shape (C,) int64: number of images in which the class occurs.
+        num_images: images read.
+        ignored: pixels with the ignore value.
+        other: labelled pixels with an id >= C (e.g. the anomaly when C excludes it).
+    """
+
+    counts: torch.Tensor
+    image_pixels: torch.Tensor
+    images: torch.Tensor
+    num_images: int
+    ignored: int
+    other: int
+
+    @property
+    def frequencies(self) -> torch.Tensor:
+        """Share of each class among the counted pixels. Shape (C,), float64, sums to 1 (or 0)."""
+        return self.counts.double() / self.counts.sum().clamp(min=1)
+
+
+def class_statistics(
+    dataset: SegmentationDataset, *, num_classes: int | None = None, progress: bool = False
+) -> ClassStatistics:
+    """Count pixels per train id over ``dataset.samples`` in one streaming pass (annotations only).
+
+    Args:
+        num_classes: ids 0..num_classes-1 are counted (default: all of ``dataset.classes``).
+        progress: show a tqdm bar.
+
+    Memory is constant: one annotation at a time, one 256-bin histogram each.
+    """
+    num_classes = dataset.num_classes if num_classes is None else num_classes
+    counts = np.zeros(num_classes, dtype=np.int64)
+    image_pixels = np.zeros(num_classes, dtype=np.int64)
+    images = np.zeros(num_classes, dtype=np.int64)
+    ignored = other = 0
+    samples = dataset.samples
+    if progress:
+        from tqdm.auto import tqdm
+
+        samples = tqdm(samples, desc=f"class statistics ({dataset.name} {dataset.split})", unit="img")
+    for s in samples:
+        hist = np.bincount(dataset.read_mask(s.annotation).ravel(), minlength=256)
+        per_class = hist[:num_classes]
+        present = per_class > 0
+        labelled = int(hist.sum() - hist[IGNORE_INDEX])
+        counts += per_class
+        images += present
+        image_pixels[present] += labelled
+        ignored += int(hist[IGNORE_INDEX])
+        other += labelled - int(per_class.sum())
+    return ClassStatistics(
+        counts=torch.from_numpy(counts),
+        image_pixels=torch.from_numpy(image_pixels),
+        images=torch.from_numpy(images),
+        num_images=len(dataset.samples),
+        ignored=ignored,
+        other=other,
+    )
+
+
+def class_pixel_counts(dataset: SegmentationDataset, *, num_classes: int | None = None) -> torch.Tensor:
+    """Pixels per train id over a split, reading the annotations only. Shape: (num_classes,).
+
+    `num_classes` defaults to the dataset's number of classes (14 for StreetHazards).
+    """
+    return class_statistics(dataset, num_classes=num_classes).counts
 
 
 def inverse_frequency_weights(counts: torch.Tensor) -> torch.Tensor:
@@ -336,3 +701,50 @@ def inverse_frequency_weights(counts: torch.Tensor) -> torch.Tensor:
     present = freq > 0
     weights[present] = weights[present] / weights[present].mean()
     return weights.float()
+
+
+def median_frequency_weights(counts: torch.Tensor, image_pixels: torch.Tensor | None = None) -> torch.Tensor:
+    """Median frequency balancing (Eigen & Fergus 2015): weight_c = median(freq) / freq_c.
+
+    Args:
+        counts: Shape (C,): pixels per class.
+        image_pixels: Shape (C,): labelled pixels of the images where the class occurs
+            (`ClassStatistics.image_pixels`); without it freq_c is the plain pixel share.
+
+    Returns:
+        Shape (C,) float32; classes with no pixel get weight 0 and are left out of the median
+        (for an even number of present classes the lower of the two middle values, as torch.median).
+    """
+    counts = counts.double()
+    denominator = counts.sum().expand_as(counts) if image_pixels is None else image_pixels.double()
+    present = counts > 0
+    weights = torch.zeros_like(counts)
+    if present.any():
+        freq = counts[present] / denominator[present]
+        weights[present] = freq.median() / freq
+    return weights.float()
+
+
+def plot_class_distribution(
+    counts: torch.Tensor | np.ndarray | Sequence[int],
+    class_names: Sequence[str],
+    *,
+    title: str = "",
+    log_scale: bool = False,
+):
+    """Bar chart of each class's share of the labelled pixels (percent); returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    counts = np.asarray(counts, dtype=np.float64)
+    if len(counts) != len(class_names):
+        raise ValueError(f"{len(counts)} counts but {len(class_names)} class names")
+    share = 100.0 * counts / max(counts.sum(), 1.0)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(counts) + 2), 3.6), constrained_layout=True)
+    bars = ax.bar(range(len(counts)), share, color="tab:blue")
+    ax.bar_label(bars, labels=[f"{s:.1f}" if s >= 0.05 else f"{s:.2g}" for s in share], fontsize=7)
+    ax.set_xticks(range(len(counts)), class_names, rotation=60, ha="right")
+    ax.set_ylabel("pixels (%)")
+    if log_scale:
+        ax.set_yscale("log")
+    ax.set_title(title or f"pixel distribution ({int(counts.sum()):,} labelled pixels)")
+    return fig

@@ -1,32 +1,37 @@
-"""The steps of a run, and `run` that chains them: data -> model -> training -> evaluation -> files.
+"""The steps of a run, and the functions that chain them: data -> model -> training -> evaluation -> files.
 
-The notebook calls the steps one by one; ``scripts/main.py`` calls `run`.
+The notebook calls the steps one by one; ``scripts/train.py`` calls `train` (every process under
+torchrun), ``scripts/main.py`` calls `run` (train, then evaluate on rank 0).
 """
 
 from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from lib import distributed
 from lib.classes import NUM_KNOWN_CLASSES
-from lib.config import RunConfig
+from lib.config import RunConfig, config_with_overrides
 from lib.data import (
     StreetHazards,
     class_pixel_counts,
     inverse_frequency_weights,
     make_loader,
+    seed_worker,
     train_transforms,
     validate_split,
 )
 from lib.losses import SegmentationLoss
 from lib.test import EvaluationResult, evaluate, results_table
-from lib.train import fit
+from lib.train import fit, load_checkpoint
 from lib.utils import append_csv_row, atomic_write_bytes, next_run_dir, pick_device, seed_everything
 from network import build_model, load_pretrained
 
@@ -65,27 +70,59 @@ def prepare_data(cfg: RunConfig) -> Path:
 
 
 def make_datasets(cfg: RunConfig) -> Datasets:
-    """Training split with random crop + flip; validation and test at full resolution."""
+    """Training split with random crop + flip (unless ``cfg.augment`` is off); validation and test
+    at full resolution."""
     root = Path(cfg.data_root)
     return Datasets(
-        train=StreetHazards(root, "train", transforms=train_transforms(cfg.crop_size)),
+        train=StreetHazards(
+            root, "train", transforms=train_transforms(cfg.crop_size) if cfg.augment else None
+        ),
         val=StreetHazards(root, "val"),
         test=StreetHazards(root, "test", limit=cfg.max_eval_images),
     )
 
 
-def make_model(cfg: RunConfig) -> nn.Module:
-    """The DeepLabv3+ the config describes, optionally initialised from a checkpoint."""
+def pretrained_path(cfg: RunConfig) -> Path | None:
+    """The DeepLabv3+ weights a run starts from: ``cfg.checkpoint``; else, for ``cfg.pretrained_on``
+    (the seed's --dataset), VainF's file name under ``<out_dir>/pretrained/``; else None.
+
+    Raises:
+        FileNotFoundError: the file is missing; names the path and where to get it.
+    """
+    if cfg.checkpoint:
+        return Path(cfg.checkpoint)
+    if cfg.pretrained_on is None:
+        return None
+    backbone = {"mobilenet_v2": "mobilenet"}.get(cfg.backbone, cfg.backbone)
+    name = f"best_deeplabv3plus_{backbone}_{cfg.pretrained_on}_os{cfg.output_stride}.pth"
+    path = Path(cfg.out_dir) / "pretrained" / name
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"pretrained_on={cfg.pretrained_on!r} needs the DeepLabv3+ {cfg.backbone} weights trained on "
+            f"{cfg.pretrained_on} at {path}: download {name} from https://github.com/VainF/DeepLabV3Plus-Pytorch "
+            "(README, pretrained models) to that path, or give the file with --checkpoint"
+        )
+    return path
+
+
+def make_model(cfg: RunConfig, *, initial_weights: bool = True) -> nn.Module:
+    """The DeepLabv3+ the config describes, initialised from `pretrained_path` when there is one.
+
+    Args:
+        initial_weights: load the ImageNet backbone and the pretrained DeepLabv3+ weights the
+            config names; False when a training checkpoint will overwrite them anyway (resume, test).
+    """
     model = build_model(
         arch="deeplabv3plus",
         backbone=cfg.backbone,
         head=cfg.head,
         num_classes=NUM_KNOWN_CLASSES,
         output_stride=cfg.output_stride,
-        pretrained_backbone=cfg.pretrained_backbone,
+        pretrained_backbone=cfg.pretrained_backbone and initial_weights,
     )
-    if cfg.checkpoint:
-        load_pretrained(model, cfg.checkpoint)
+    path = pretrained_path(cfg) if initial_weights else None
+    if path is not None:
+        load_pretrained(model, path)
     return model
 
 
@@ -140,20 +177,63 @@ def git_commit() -> str:
         return ""
 
 
-def make_loaders(cfg: RunConfig, data: Datasets) -> dict[str, DataLoader]:
-    """Shuffled training loader (full batches) and ordered validation / test loaders."""
+def make_loaders(
+    cfg: RunConfig, data: Datasets, *, shard: tuple[int, int] | None = None
+) -> dict[str, DataLoader]:
+    """Shuffled training loader (full batches) and ordered validation / test loaders.
+
+    Args:
+        shard: (rank, world_size) to split the training and validation sets the way torchrun's
+            processes do (`lib.distributed.train_sampler`, `lib.distributed.ShardSampler`);
+            default: the process group's when there is one. One process without a process group
+            keeps the shuffling of `lib.data.make_loader` (the demo's order). The test loader is
+            never sharded (rank 0 evaluates alone).
+    """
     common = dict(num_workers=cfg.num_workers, seed=cfg.seed)
+    test = make_loader(data.test, batch_size=cfg.eval_batch_size, shuffle=False, **common)
+    if shard is None and distributed.is_distributed():
+        shard = (distributed.rank(), distributed.world_size())
+    if shard is None:
+        return {
+            "train": make_loader(
+                data.train,
+                batch_size=cfg.batch_size,
+                shuffle=True,
+                drop_last=len(data.train) > cfg.batch_size,
+                **common,
+            ),
+            "val": make_loader(data.val, batch_size=cfg.eval_batch_size, shuffle=False, **common),
+            "test": test,
+        }
+    rank, world = shard
+    train_sampler = distributed.train_sampler(data.train, seed=cfg.seed, rank=rank, world_size=world)
+    val_sampler = distributed.ShardSampler(data.val, rank=rank, world_size=world)
     return {
-        "train": make_loader(
-            data.train,
-            batch_size=cfg.batch_size,
-            shuffle=True,
-            drop_last=len(data.train) > cfg.batch_size,
-            **common,
+        "train": _sharded_loader(
+            data.train, train_sampler, cfg, batch_size=cfg.batch_size, rank=rank,
+            drop_last=len(train_sampler) > cfg.batch_size,
         ),
-        "val": make_loader(data.val, batch_size=cfg.eval_batch_size, shuffle=False, **common),
-        "test": make_loader(data.test, batch_size=cfg.eval_batch_size, shuffle=False, **common),
-    }
+        "val": _sharded_loader(data.val, val_sampler, cfg, batch_size=cfg.eval_batch_size, rank=rank),
+        "test": test,
+    }  # fmt: skip
+
+
+def _sharded_loader(
+    dataset, sampler, cfg: RunConfig, *, batch_size: int, rank: int, drop_last: bool = False
+) -> DataLoader:
+    generator = torch.Generator()
+    generator.manual_seed(cfg.seed + rank)  # worker augmentation seeds differ between processes
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        worker_init_fn=seed_worker,
+        generator=generator,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=drop_last,
+        persistent_workers=cfg.num_workers > 0,
+    )
 
 
 def results_row(cfg: RunConfig, result: EvaluationResult, *, run_dir: Path, seconds: float) -> dict[str, Any]:
@@ -170,42 +250,110 @@ def results_row(cfg: RunConfig, result: EvaluationResult, *, run_dir: Path, seco
     }
 
 
-def run(cfg: RunConfig, *, keep_examples: int = 3) -> dict[str, Any]:
-    """Data, model, training, evaluation, and every output file of one run.
+@dataclass
+class Trained:
+    """What `train` leaves: the model with its best weights, and everything needed to evaluate it."""
 
-    Writes under ``cfg.out_dir``: ``runs/<name>/{config.json,best.pt,history.csv,*.png}`` and one
-    row in ``results.csv``. Prints the results table.
+    model: nn.Module
+    history: list[dict[str, float]]
+    run_dir: Path
+    device: torch.device
+    data: Datasets
+    loaders: dict[str, DataLoader]
 
-    Returns:
-        The results row (config fields, metrics in percent, run folder, wall time).
+
+def train(
+    cfg: RunConfig,
+    *,
+    resume: str | Path | Mapping[str, Any] | None = None,
+    device: torch.device | None = None,
+    on_epoch_end: Callable[[dict[str, float]], None] | None = None,
+) -> Trained:
+    """Data, model and training of one run; every process calls it under torchrun.
+
+    Rank 0 prepares the data (the others wait), picks the run folder (a new ``run_N``, or the
+    folder of the checkpoint being resumed) and writes ``config.json``; `lib.train.fit` does the
+    rest.
+
+    Args:
+        resume: a checkpoint written by `fit`, its run folder (``last.pt``), or the checkpoint
+            already loaded (`lib.train.load_checkpoint`); `cfg` must be its config up to
+            `lib.config.RUNTIME_FIELDS` (`lib.config.config_with_overrides`).
+        device: default: ``cfg.device`` (under torchrun, this process's GPU).
+        on_epoch_end: passed to `fit`.
     """
-    start = time.perf_counter()
+    checkpoint = load_checkpoint(resume) if isinstance(resume, str | Path) else resume
+    if checkpoint is not None:
+        config_with_overrides(checkpoint["config"], cfg.to_dict(), purpose=f"resuming {checkpoint['path']}")
+    else:
+        pretrained_path(cfg)  # a missing weights file stops the run before it makes a folder
+    main = distributed.is_main()
     seed_everything(cfg.seed)
-    device = pick_device(cfg.device)
-    prepare_data(cfg)
+    if device is None:
+        device = pick_device(cfg.device)
+        if device.type == "cuda" and distributed.is_distributed():
+            device = torch.device("cuda", torch.cuda.current_device())
+    if main:
+        prepare_data(cfg)
+    distributed.barrier()
     data = make_datasets(cfg)
-    print(
-        f"data: {cfg.dataset} at {cfg.data_root} - train {len(data.train)}, val {len(data.val)}, "
-        f"test {len(data.test)} images; device: {device}"
-    )
-    run_dir = next_run_dir(cfg.out_dir, cfg.run_name)
-    atomic_write_bytes(run_dir / "config.json", cfg.to_json().encode())
-    model = make_model(cfg).to(device)
+    if main:
+        print(
+            f"data: {cfg.dataset} at {cfg.data_root} - train {len(data.train)}, val {len(data.val)}, "
+            f"test {len(data.test)} images; device: {device}"
+            + (f" x {distributed.world_size()} processes" if distributed.is_distributed() else "")
+        )
+    if checkpoint is not None:
+        run_dir = Path(checkpoint["path"]).parent
+    else:
+        run_dir = Path(
+            distributed.broadcast_object(str(next_run_dir(cfg.out_dir, cfg.run_name)) if main else None)
+        )
+    if main:
+        atomic_write_bytes(run_dir / "config.json", cfg.to_json().encode())
+    model = make_model(cfg, initial_weights=checkpoint is None).to(device)
+    if distributed.is_distributed():
+        seed_everything(cfg.seed + distributed.rank())  # different crops and flips in each process
     criterion = make_criterion(cfg, data.train).to(device)
     loaders = make_loaders(cfg, data)
     history = fit(
         model, loaders["train"], loaders["val"], criterion, cfg,
-        device=device, run_dir=run_dir, num_classes=NUM_KNOWN_CLASSES,
+        device=device, run_dir=run_dir, num_classes=NUM_KNOWN_CLASSES, resume=checkpoint,
+        on_epoch_end=on_epoch_end,
     )  # fmt: skip
+    return Trained(model, history, run_dir, device, data, loaders)
+
+
+def run(
+    cfg: RunConfig, *, keep_examples: int = 3, resume: str | Path | Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Data, model, training, evaluation, and every output file of one run.
+
+    Writes under ``cfg.out_dir``: ``runs/<name>/{config.json,best.pt,last.pt,history.csv,*.png}``
+    and one row in ``results.csv``. Prints the results table. Under torchrun every process trains
+    and rank 0 alone evaluates.
+
+    Args:
+        resume: continue an interrupted run (see `train`) before evaluating it.
+
+    Returns:
+        The results row (config fields, metrics in percent, run folder, wall time); on ranks other
+        than 0 only the run folder.
+    """
+    start = time.perf_counter()
+    trained = train(cfg, resume=resume)
+    if not distributed.is_main():
+        return {"run_dir": str(trained.run_dir)}
     result = evaluate(
-        model, loaders["test"], num_classes=NUM_KNOWN_CLASSES, device=device, score_names=cfg.scores,
-        miou_exclude=cfg.miou_exclude, keep_examples=keep_examples, progress=cfg.progress,
+        trained.model, trained.loaders["test"], num_classes=NUM_KNOWN_CLASSES, device=trained.device,
+        score_names=cfg.scores, miou_exclude=cfg.miou_exclude, keep_examples=keep_examples,
+        progress=cfg.progress,
     )  # fmt: skip
-    save_figures(result, history, cfg, run_dir)
+    save_figures(result, trained.history, cfg, trained.run_dir)
     seconds = time.perf_counter() - start
-    row = results_row(cfg, result, run_dir=run_dir, seconds=seconds)
+    row = results_row(cfg, result, run_dir=trained.run_dir, seconds=seconds)
     append_csv_row(Path(cfg.out_dir) / "results.csv", row)
     print(f"\nResults on the {cfg.dataset} test split ({result.num_images} images, {seconds:.0f} s):")
     print(results_table(result.metrics, cfg.scores))
-    print(f"\nrun folder: {run_dir}   results row: {Path(cfg.out_dir) / 'results.csv'}")
-    return {**row, "run_dir": str(run_dir)}
+    print(f"\nrun folder: {trained.run_dir}   results row: {Path(cfg.out_dir) / 'results.csv'}")
+    return {**row, "run_dir": str(trained.run_dir)}

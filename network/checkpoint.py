@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["CheckpointMismatchError", "LoadReport", "load_pretrained", "read_state_dict"]
+__all__ = ["CheckpointMismatchError", "LoadReport", "load_pretrained", "read_checkpoint", "read_state_dict"]
 
 _STATE_DICT_KEYS = ("model_state", "state_dict", "model")
 _DDP_PREFIX = "module."
@@ -68,6 +68,34 @@ def _numpy_scalar_globals() -> list[object]:
     return allowed
 
 
+def read_checkpoint(path: str | PathLike[str], *, weights_only: bool = True) -> object:
+    """``torch.load`` a checkpoint file on the CPU, allowing the numpy scalars VainF's files contain.
+
+    Args:
+        path: a ``torch.save`` file.
+        weights_only: load with ``torch.load(weights_only=True)`` (tensors, containers, numbers and
+            numpy scalars only). Set to False only for files you trust.
+
+    Returns:
+        Whatever the file holds (usually a dict).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file needs ``weights_only=False``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"cannot read {path} with weights_only=True ({error}); if you trust the file, "
+            "pass weights_only=False"
+        ) from error
+
+
 def read_state_dict(
     checkpoint: str | PathLike[str] | Mapping[str, object], *, weights_only: bool = True
 ) -> dict[str, torch.Tensor]:
@@ -77,8 +105,7 @@ def read_state_dict(
         checkpoint: a path to a ``torch.save`` file, or an already loaded dict; either a wrapper
             holding the weights under "model_state" (VainF), "state_dict" or "model", or a bare
             state dict.
-        weights_only: load the file with ``torch.load(weights_only=True)`` (tensors, containers,
-            numbers and numpy scalars only). Set to False only for files you trust.
+        weights_only: see ``read_checkpoint``.
 
     Returns:
         ``{key: tensor}``.
@@ -88,17 +115,7 @@ def read_state_dict(
         ValueError: the file or dict holds no state dict.
     """
     if isinstance(checkpoint, str | PathLike):
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        try:
-            with torch.serialization.safe_globals(_numpy_scalar_globals()):
-                checkpoint = torch.load(path, map_location="cpu", weights_only=weights_only)
-        except pickle.UnpicklingError as error:
-            raise ValueError(
-                f"cannot read {path} with weights_only=True ({error}); if you trust the file, "
-                "pass weights_only=False"
-            ) from error
+        checkpoint = read_checkpoint(checkpoint, weights_only=weights_only)
     if not isinstance(checkpoint, Mapping):
         raise ValueError(f"expected a dict checkpoint, got {type(checkpoint).__name__}")
     for key in _STATE_DICT_KEYS:

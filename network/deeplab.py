@@ -1,9 +1,14 @@
-"""DeepLabv3+ decoder (ASPP + low-level skip) and the model that wraps backbone and decoder.
+"""DeepLabv3+ and DeepLabv3 decoders (ASPP, and for v3+ the low-level skip).
 
-Module names and layer order follow VainF/DeepLabV3Plus-Pytorch (``classifier.project``,
-``classifier.aspp.convs.{0..4}``, ``classifier.aspp.project``, ``classifier.classifier.{0..3}``), so
-their checkpoints load key for key. The last layer, ``classifier.classifier.3``, is the head and can be
-any module from ``network.heads``.
+Module names and layer order follow VainF/DeepLabV3Plus-Pytorch, so their checkpoints load key for key:
+
+- DeepLabv3+ (``DeepLabHeadV3Plus``): ``classifier.project``, ``classifier.aspp.convs.{0..4}``,
+  ``classifier.aspp.project``, ``classifier.classifier.{0..3}``; the head is
+  ``classifier.classifier.3``.
+- DeepLabv3 (``DeepLabHead``): ``classifier.classifier.0`` (the ASPP), ``.1`` 3x3 conv 256 -> 256
+  without bias, ``.2`` BN, ``.3`` ReLU, ``.4`` the head.
+
+The head can be any module from ``network.heads``.
 """
 
 from __future__ import annotations
@@ -14,28 +19,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ASPP", "DeepLabV3PlusDecoder", "SegmentationModel"]
+from .heads import Head
+from .layers import conv_bn_relu, init_conv_bn
+from .model import Decoder, SegmentationModel
+
+__all__ = ["ASPP", "DeepLabV3Decoder", "DeepLabV3PlusDecoder", "SegmentationModel"]
 
 ASPP_CHANNELS = 256
 LOW_LEVEL_PROJECTION_CHANNELS = 48
-
-
-def _conv_bn_relu(
-    in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1
-) -> list[nn.Module]:
-    padding = dilation * (kernel_size - 1) // 2
-    return [
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    ]
 
 
 class ASPPPooling(nn.Sequential):
     """Image-level branch of ASPP: global average pool, 1x1 conv + BN + ReLU, broadcast back."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(nn.AdaptiveAvgPool2d(1), *_conv_bn_relu(in_channels, out_channels, 1))
+        super().__init__(nn.AdaptiveAvgPool2d(1), *conv_bn_relu(in_channels, out_channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Shape: (B, in_channels, H, W) -> (B, out_channels, H, W), constant over H, W."""
@@ -58,14 +56,14 @@ class ASPP(nn.Module):
         super().__init__()
         if len(atrous_rates) != 3:
             raise ValueError(f"ASPP needs three atrous rates, got {tuple(atrous_rates)}")
-        branches = [nn.Sequential(*_conv_bn_relu(in_channels, out_channels, 1))]
+        branches = [nn.Sequential(*conv_bn_relu(in_channels, out_channels, 1))]
         branches += [
-            nn.Sequential(*_conv_bn_relu(in_channels, out_channels, 3, rate)) for rate in atrous_rates
+            nn.Sequential(*conv_bn_relu(in_channels, out_channels, 3, rate)) for rate in atrous_rates
         ]
         branches.append(ASPPPooling(in_channels, out_channels))
         self.convs = nn.ModuleList(branches)
         self.project = nn.Sequential(
-            *_conv_bn_relu(len(branches) * out_channels, out_channels, 1),
+            *conv_bn_relu(len(branches) * out_channels, out_channels, 1),
             nn.Dropout(0.1),
         )
 
@@ -74,17 +72,17 @@ class ASPP(nn.Module):
         return self.project(torch.cat([branch(x) for branch in self.convs], dim=1))
 
 
-class DeepLabV3PlusDecoder(nn.Module):
+class DeepLabV3PlusDecoder(Decoder):
     """DeepLabv3+ decoder: ASPP on the deep features, upsampled and fused with projected low-level ones.
 
     ``classifier`` = [3x3 conv (48 + 256 -> 256), BN, ReLU, head]; the head (index 3) maps the 256
-    fused channels to class logits.
+    fused channels to class logits at stride 4.
 
     Args:
         in_channels: channels of the backbone's ``out`` map (2048 ResNet, 320 MobileNetV2).
         low_level_channels: channels of the backbone's ``low_level`` map (256 ResNet, 24 MobileNetV2).
         atrous_rates: ASPP rates.
-        head: module mapping (B, 256, H, W) to (B, num_classes, H, W).
+        head: a head mapping (B, 256, H, W) to (B, num_classes, H, W).
     """
 
     #: State-dict prefix of the head inside this module.
@@ -93,24 +91,27 @@ class DeepLabV3PlusDecoder(nn.Module):
     feature_channels = ASPP_CHANNELS
 
     def __init__(
-        self, in_channels: int, low_level_channels: int, atrous_rates: Sequence[int], head: nn.Module
+        self, in_channels: int, low_level_channels: int, atrous_rates: Sequence[int], head: Head
     ) -> None:
         super().__init__()
-        self.project = nn.Sequential(*_conv_bn_relu(low_level_channels, LOW_LEVEL_PROJECTION_CHANNELS, 1))
+        self.project = nn.Sequential(*conv_bn_relu(low_level_channels, LOW_LEVEL_PROJECTION_CHANNELS, 1))
         self.aspp = ASPP(in_channels, atrous_rates)
         self.classifier = nn.Sequential(
-            *_conv_bn_relu(LOW_LEVEL_PROJECTION_CHANNELS + ASPP_CHANNELS, self.feature_channels, 3)
+            *conv_bn_relu(LOW_LEVEL_PROJECTION_CHANNELS + ASPP_CHANNELS, self.feature_channels, 3)
         )
-        _init_like_vainf(self)  # before the head joins: heads initialise themselves
+        init_conv_bn(self)  # before the head joins: heads initialise themselves
         self.classifier.append(head)
 
     @property
-    def head(self) -> nn.Module:
+    def head(self) -> Head:
         """The final layer (``classifier[3]``)."""
         return self.classifier[3]
 
     def forward_features(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """The 256-channel fused features the head classifies, at the low-level resolution.
+
+        Args:
+            features: the backbone's ``{"low_level": ..., "out": ...}``.
 
         Shape:
             - features["low_level"]: (B, low_level_channels, h, w)
@@ -122,74 +123,43 @@ class DeepLabV3PlusDecoder(nn.Module):
         deep = F.interpolate(deep, size=low_level.shape[-2:], mode="bilinear", align_corners=False)
         return self.classifier[:3](torch.cat([low_level, deep], dim=1))
 
-    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Class logits at the low-level resolution (stride 4).
 
-        Args:
-            features: the backbone's ``{"low_level": ..., "out": ...}``.
+class DeepLabV3Decoder(Decoder):
+    """DeepLabv3 decoder (VainF's ``DeepLabHead``): ASPP and a 3x3 conv on the deep features only.
 
-        Returns:
-            Logits.
-
-        Shape:
-            - features["low_level"]: (B, low_level_channels, h, w)
-            - features["out"]: (B, in_channels, h', w')
-            - output: (B, num_classes, h, w)
-        """
-        return self.head(self.forward_features(features))
-
-
-def _init_like_vainf(module: nn.Module) -> None:
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight)
-        elif isinstance(m, nn.BatchNorm2d | nn.GroupNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
-class SegmentationModel(nn.Module):
-    """Backbone + decoder, with logits upsampled (bilinear, align_corners=False) to the input size.
-
-    Build it with ``network.build_model``; the submodules are named ``backbone`` and ``classifier``
-    as in VainF's models.
+    ``classifier`` = [ASPP, 3x3 conv (256 -> 256, no bias), BN, ReLU, head]; the head (index 4) gives
+    logits at the backbone's output stride (8 or 16).
 
     Args:
-        backbone: returns ``{"low_level": ..., "out": ...}``.
-        classifier: the decoder; maps that dict to logits and has a ``head_key`` attribute.
-        config: the ``build_model`` arguments, kept for logging and re-building.
+        in_channels: channels of the backbone's ``out`` map (2048 ResNet, 320 MobileNetV2).
+        atrous_rates: ASPP rates.
+        head: a head mapping (B, 256, H, W) to (B, num_classes, H, W).
     """
 
-    def __init__(
-        self, backbone: nn.Module, classifier: nn.Module, *, config: dict[str, object] | None = None
-    ):
+    head_key = "classifier.4"
+    feature_channels = ASPP_CHANNELS
+
+    def __init__(self, in_channels: int, atrous_rates: Sequence[int], head: Head) -> None:
         super().__init__()
-        self.backbone = backbone
-        self.classifier = classifier
-        self.config = dict(config or {})
+        self.classifier = nn.Sequential(
+            ASPP(in_channels, atrous_rates), *conv_bn_relu(ASPP_CHANNELS, self.feature_channels, 3)
+        )
+        init_conv_bn(self)
+        self.classifier.append(head)
 
     @property
-    def head_key(self) -> str:
-        """State-dict prefix of the final layer, e.g. ``"classifier.classifier.3"``."""
-        return f"classifier.{self.classifier.head_key}"
+    def head(self) -> Head:
+        """The final layer (``classifier[4]``)."""
+        return self.classifier[4]
 
-    @property
-    def head(self) -> nn.Module:
-        """The final layer (a module from ``network.heads``)."""
-        return self.classifier.head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-pixel class logits at the input resolution.
+    def forward_features(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The 256-channel features the head classifies, at the backbone's output stride.
 
         Args:
-            x: normalised images.
-
-        Returns:
-            Logits.
+            features: the backbone's dict; only ``"out"`` is used.
 
         Shape:
-            - x: (B, 3, H, W)
-            - output: (B, num_classes, H, W)
+            - features["out"]: (B, in_channels, h, w)
+            - output: (B, 256, h, w)
         """
-        logits = self.classifier(self.backbone(x))
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return self.classifier[:4](features["out"])

@@ -5,8 +5,12 @@ Examples:
     python scripts/main.py --preset tiny                    # a few seconds, smoke test
     python scripts/main.py --preset streethazards --data-root data/streethazards --device cuda
     python scripts/main.py --head standard --loss ce --epochs 20
+    python scripts/main.py --resume ckpts/runs/run_3        # finish an interrupted run, then evaluate
+    torchrun --nproc_per_node=2 scripts/main.py --preset streethazards   # train on 2 GPUs, test on one
 
-Every flag below is a field of lib.config.RunConfig; flags override the preset.
+Every flag below is a field of lib.config.RunConfig; flags override the preset. Here --dataset is
+the training data (scripts/train.py and scripts/test.py take the seed's flags, where --dataset
+names the pretraining source and --data the training data).
 """
 
 from __future__ import annotations
@@ -33,22 +37,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="starting settings: demo (synthetic, ~5 min on 2 CPU cores), tiny (seconds), "
         "streethazards (the real dataset, GPU) (default: demo)",
     )
+    parser.add_argument(
+        "--resume",
+        metavar="PATH_OR_RUN_DIR",
+        default=None,
+        help="continue an interrupted run (checkpoint file or run folder) with its own config, then "
+        "evaluate it; only runtime flags (folders, epochs, workers, device, evaluation) may change",
+    )
     add_config_arguments(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    cfg = config_from_args(args, base=presets()[args.preset])
-    print(f"preset {args.preset}:\n{cfg.to_json()}")
+    from lib import distributed
+    from lib.config import config_with_overrides, given_fields
     from lib.data import DatasetError
     from lib.experiment import run
+    from lib.train import load_checkpoint
 
+    distributed.init_from_env(device=args.device or "auto")
     try:
-        run(cfg)
+        try:
+            if args.resume:
+                checkpoint = load_checkpoint(args.resume)
+                purpose = f"--resume {checkpoint['path']}"
+                cfg = config_with_overrides(checkpoint["config"], given_fields(args), purpose=purpose)
+            else:
+                checkpoint, cfg = None, config_from_args(args, base=presets()[args.preset])
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        if distributed.is_main():
+            print(
+                f"{'resuming ' + checkpoint['path'] if checkpoint else 'preset ' + args.preset}:\n{cfg.to_json()}"
+            )
+        run(cfg, resume=checkpoint)
     except DatasetError as err:
         print(f"\ndataset error: {err}", file=sys.stderr)
         return 2
+    except FileNotFoundError as err:
+        print(f"\nerror: {err}", file=sys.stderr)
+        return 2
+    finally:
+        distributed.cleanup()
     return 0
 
 

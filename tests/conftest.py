@@ -59,3 +59,105 @@ def tiny_dataset(tmp_path: Path) -> Path:
     for k, split in enumerate(("train", "val", "test")):
         write_split(tmp_path, split, 3, seed=k)
     return tmp_path
+
+
+# ----------------------------------------------------------------------------- other datasets
+# Each writer produces a few files in the dataset's real folder layout, file-name pattern and
+# label encoding, plus the sibling files of the real releases that a loader must NOT pick up.
+
+
+def _write_rgb(path: Path, rgb: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), np.ascontiguousarray(rgb[:, :, ::-1]))
+
+
+def _write_gray(path: Path, values: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), values)
+
+
+def write_cityscapes(
+    root: Path,
+    split: str,
+    city: str,
+    n: int,
+    *,
+    size=(16, 24),
+    seed=0,
+    label_folder: str = "gtFine",
+    max_id: int = 33,
+) -> list[tuple[Path, Path]]:
+    """Cityscapes-style pairs: leftImg8bit/{split}/{city}/{city}_{seq}_{frame}_leftImg8bit.png and
+    {label_folder}/{split}/{city}/..._{label_folder}_labelIds.png with raw ids 0..max_id; also the
+    colour, instance and polygon files that sit beside the real labelIds."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    pairs = []
+    for i in range(n):
+        stem = f"{city}_{i:06d}_{19 + i:06d}"
+        image = root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png"
+        label = root / label_folder / split / city / f"{stem}_{label_folder}_labelIds.png"
+        _write_rgb(image, rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        _write_gray(label, rng.integers(0, max_id + 1, (h, w), dtype=np.uint8))
+        _write_rgb(
+            label.with_name(f"{stem}_{label_folder}_color.png"),
+            rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+        )
+        _write_gray(label.with_name(f"{stem}_{label_folder}_instanceIds.png"), np.zeros((h, w), np.uint16))
+        label.with_name(f"{stem}_{label_folder}_polygons.json").write_text("{}")
+        pairs.append((image, label))
+    return pairs
+
+
+def write_bdd100k(
+    root: Path, split: str, n: int, *, layout: str = "10k", size=(16, 24), seed=0
+) -> list[tuple[Path, Path]]:
+    """BDD100K 10K pairs: JPEG images and train-id PNGs (0..18, 255 unknown), current or older layout."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    if layout == "10k":
+        image_dir, label_dir, suffix = root / "images/10k" / split, root / "labels/sem_seg/masks" / split, ""
+        color_dir = root / "labels/sem_seg/colormaps" / split
+    else:
+        image_dir, label_dir, suffix = root / "seg/images" / split, root / "seg/labels" / split, "_train_id"
+        color_dir = root / "seg/color_labels" / split
+    pairs = []
+    for i in range(n):
+        stem = f"{7 * i + 1:08x}-{i:08x}"
+        image, label = image_dir / f"{stem}.jpg", label_dir / f"{stem}{suffix}.png"
+        _write_rgb(image, rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        values = rng.integers(0, 19, (h, w), dtype=np.uint8)
+        values[0, :3] = 255  # unknown
+        _write_gray(label, values)
+        _write_rgb(color_dir / f"{stem}{suffix.replace('id', 'color')}.png", np.zeros((h, w, 3), np.uint8))
+        pairs.append((image, label))
+    return pairs
+
+
+def write_road_anomaly(
+    root: Path, n: int, *, layout: str = "images", values: str = "0/1/255", size=(16, 24), seed=0
+) -> list[tuple[Path, Path]]:
+    """RoadAnomaly: images/{name}.jpg + labels_masks/{name}_labels_semantic.png (SegmentMeIfYouCan,
+    with *_color.png beside) or original/{name}.jpg + labels/{name}.png (processed copy)."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    pairs = []
+    for i in range(n):
+        name = f"animals{i:02d}_road"
+        if layout == "images":
+            image, label = (
+                root / "images" / f"{name}.jpg",
+                root / "labels_masks" / f"{name}_labels_semantic.png",
+            )
+        else:
+            image, label = root / "original" / f"{name}.jpg", root / "labels" / f"{name}.png"
+        _write_rgb(image, rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        mask = np.zeros((h, w), np.uint8)
+        mask[4:10, 5:12] = 1 if values == "0/1/255" else 255  # the anomaly
+        if values == "0/1/255":
+            mask[-2:, :] = 255  # void
+        _write_gray(label, mask)
+        if layout == "images":
+            _write_rgb(label.with_name(f"{name}_labels_semantic_color.png"), np.zeros((h, w, 3), np.uint8))
+        pairs.append((image, label))
+    return pairs

@@ -2,7 +2,16 @@ import argparse
 
 import pytest
 
-from lib.config import RunConfig, add_config_arguments, config_from_args, presets
+from lib.config import (
+    RUNTIME_FIELDS,
+    SEED_FLAG_NOTES,
+    SEED_FLAGS,
+    RunConfig,
+    add_config_arguments,
+    config_from_args,
+    config_with_overrides,
+    presets,
+)
 
 
 def test_json_round_trip(tmp_path):
@@ -50,3 +59,59 @@ def test_every_flag_has_help():
     add_config_arguments(parser)
     undocumented = [a.dest for a in parser._actions if a.dest != "help" and a.help.startswith("(default")]
     assert undocumented == []
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("amp", "fp8", "off, bf16, fp16"),
+        ("optimizer", "lamb", "adam, sgd"),
+        ("pretrained_on", "kitti", "cityscapes, voc"),
+        ("grad_accum_steps", 0, "grad_accum_steps must be >= 1"),
+        ("lr", 0.0, "lr must be > 0"),
+        ("backbone_lr", -1e-4, "backbone_lr must be > 0"),
+        ("early_stopping_patience", 0, "early_stopping_patience must be >= 1"),
+        ("warmup_iters", -1, "warmup_iters must be >= 0"),
+    ],
+)
+def test_training_fields_are_checked(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        RunConfig(**{field: value})
+
+
+def test_config_saved_before_the_training_fields_still_loads():
+    old = RunConfig().to_dict()
+    for name in ("amp", "optimizer", "warmup_iters", "pretrained_on", "tensorboard", "freeze_bn"):
+        old.pop(name)
+    assert RunConfig.from_dict(old) == RunConfig()
+
+
+def test_seed_flags_map_to_their_fields():
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, flags=SEED_FLAGS, help_notes=SEED_FLAG_NOTES)
+    args = parser.parse_args(
+        ["--dataset", "cityscapes", "--data", "streethazards", "--gamma", "0.5", "--gamma_focal", "3",
+         "--loss", "fl+h", "--backbone", "resnet101", "--head", "distance"]
+    )  # fmt: skip
+    cfg = config_from_args(args)
+    assert (cfg.pretrained_on, cfg.dataset, cfg.entropy_weight, cfg.gamma_focal) == (
+        "cityscapes",
+        "streethazards",
+        0.5,
+        3.0,
+    )
+    assert config_from_args(parser.parse_args(["--entropy-weight", "0.2"])).entropy_weight == 0.2
+    with pytest.raises(SystemExit):  # --dataset takes a pretraining source here, not training data
+        parser.parse_args(["--dataset", "synthetic"])
+    help_text = " ".join(parser.format_help().split())
+    assert "--pretrained-on {cityscapes,voc}, --dataset {cityscapes,voc}" in help_text
+    assert "not the training data (that is --data)" in help_text
+
+
+def test_overrides_allow_runtime_fields_and_name_the_others():
+    saved = RunConfig(epochs=3, lr=1e-3)
+    cfg = config_with_overrides(saved, {"epochs": 5, "num_workers": 0, "lr": 1e-3}, purpose="resuming run_0")
+    assert (cfg.epochs, cfg.num_workers, cfg.lr) == (5, 0, 1e-3)
+    with pytest.raises(ValueError, match=r"resuming run_0: --lr 0.1 \(the checkpoint has 0.001\); --head"):
+        config_with_overrides(saved, {"lr": 0.1, "head": "standard", "epochs": 5}, purpose="resuming run_0")
+    assert set(RUNTIME_FIELDS) <= {f for f in RunConfig().to_dict()}

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -8,12 +9,16 @@ from torchvision import tv_tensors
 
 from lib.data import (
     DatasetError,
+    LabelEncoding,
     StreetHazards,
     class_pixel_counts,
+    class_statistics,
     find_samples,
     inverse_frequency_weights,
     make_loader,
+    median_frequency_weights,
     normalize,
+    plot_class_distribution,
     read_odgt,
     train_transforms,
     validate_split,
@@ -185,3 +190,115 @@ def test_class_counts_and_weights(tmp_path):
     rare, common = counts[:13].argmin(), counts[:13].argmax()
     assert weights[rare] >= weights[common]
     assert torch.isclose(weights[counts[:13] > 0].mean(), torch.tensor(1.0))
+
+
+def test_class_statistics_by_hand(tmp_path):
+    # Two 2x2 annotations (raw = train id + 1, raw 0 = ignore):
+    #   [[0, 0], [1, ignore]] and [[0, 2], [2, 2]]  ->  counts 3, 1, 3; labelled pixels 3 and 4.
+    pairs = write_split(tmp_path, "train", 2, odgt=False)
+    cv2.imwrite(str(pairs[0][1]), np.array([[1, 1], [2, 0]], np.uint8))
+    cv2.imwrite(str(pairs[1][1]), np.array([[1, 3], [3, 3]], np.uint8))
+    stats = class_statistics(StreetHazards(tmp_path, "train"), num_classes=3)
+    assert stats.counts.tolist() == [3, 1, 3] and stats.ignored == 1 and stats.other == 0
+    assert stats.images.tolist() == [2, 1, 1] and stats.num_images == 2
+    assert stats.image_pixels.tolist() == [7, 3, 4]
+    assert torch.allclose(stats.frequencies, torch.tensor([3 / 7, 1 / 7, 3 / 7], dtype=torch.float64))
+    # median frequency: freq = counts / image_pixels = 3/7, 1/3, 3/4; median 3/7
+    weights = median_frequency_weights(stats.counts, stats.image_pixels)
+    assert torch.allclose(weights, torch.tensor([1.0, 9 / 7, 4 / 7]))
+    # the plain-share variant, and an absent class gets weight 0 and stays out of the median
+    weights = median_frequency_weights(torch.tensor([2, 0, 6, 4]))
+    assert torch.allclose(weights, torch.tensor([2.0, 0.0, 2 / 3, 1.0]))
+    assert class_pixel_counts(StreetHazards(tmp_path, "train")).shape == (14,)
+
+
+def test_class_statistics_counts_ids_beyond_num_classes_as_other(tmp_path):
+    pairs = write_split(tmp_path, "test", 1, odgt=False)
+    cv2.imwrite(str(pairs[0][1]), np.array([[14, 1], [0, 14]], np.uint8))  # two anomaly pixels
+    stats = class_statistics(StreetHazards(tmp_path, "test"), num_classes=13)
+    assert stats.counts.sum() == 1 and stats.other == 2 and stats.ignored == 1
+
+
+def test_plot_class_distribution_returns_a_figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plot_class_distribution([30, 10, 60], ["road", "car", "sky"], title="t")
+    ax = fig.axes[0]
+    heights = [p.get_height() for p in ax.patches]
+    assert heights == pytest.approx([30.0, 10.0, 60.0])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["road", "car", "sky"]
+    plt.close(fig)
+    with pytest.raises(ValueError, match="3 counts but 2 class names"):
+        plot_class_distribution([1, 2, 3], ["a", "b"])
+
+
+def test_label_encoding_rejects_and_maps():
+    encoding = LabelEncoding.from_mapping({0: 255, 1: 0, 2: 1}, "0..2")
+    raw = np.array([[0, 1], [2, 1]], np.uint8)
+    assert encoding.encode(raw, path=Path("x.png"), dataset="D").tolist() == [[255, 0], [1, 0]]
+    raw[1, 1] = 9
+    with pytest.raises(DatasetError, match="annotation x.png has value 9; D labels are 0..2"):
+        encoding.encode(raw, path=Path("x.png"), dataset="D")
+    with pytest.raises(ValueError, match="0..255"):
+        LabelEncoding.from_mapping({300: 1}, "bad")
+
+
+def test_streethazards_masks_stay_uint8_through_the_transforms(tmp_path):
+    seen = []
+
+    def spy(image, mask):
+        seen.append(mask.dtype)
+        return image, mask
+
+    write_split(tmp_path, "train", 1)
+    _, mask = StreetHazards(tmp_path, "train", transforms=spy)[0]
+    assert seen == [torch.uint8] and mask.dtype == torch.int64 and isinstance(mask, tv_tensors.Mask)
+
+
+def test_loader_workers_start_after_opencv_used_its_thread_pool(tmp_path):
+    # A worker forked after the main process ran a parallel OpenCV call must not hang
+    # (cv2.setNumThreads in such a worker blocks forever); run in a subprocess with a timeout.
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    code = f"""
+import cv2, numpy as np
+from lib.data import StreetHazards, make_loader, train_transforms, validate_split
+from tests.conftest import write_split
+write_split(__import__("pathlib").Path({str(tmp_path)!r}), "train", 4)
+cv2.cvtColor(np.zeros((1080, 1920, 3), np.uint8), cv2.COLOR_BGR2RGB)  # starts OpenCV's pool
+__import__("time").sleep(1.0)  # its threads go from spinning to sleeping on a condition variable
+validate_split({str(tmp_path)!r}, "train")
+ds = StreetHazards({str(tmp_path)!r}, "train", transforms=train_transforms((8, 8)))
+print(sum(len(b[0]) for b in make_loader(ds, batch_size=2, shuffle=True, num_workers=1, seed=0)))
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "4"
+
+
+@pytest.mark.parametrize("kind", ["rgb8", "rgba8", "gray8", "rgb16", "jpeg"])
+def test_read_image_same_pixels_with_or_without_pyspng(tmp_path, monkeypatch, kind):
+    import lib.data
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        "rgb8": rng.integers(0, 256, (9, 13, 3), dtype=np.uint8),
+        "rgba8": rng.integers(0, 256, (9, 13, 4), dtype=np.uint8),
+        "gray8": rng.integers(0, 256, (9, 13), dtype=np.uint8),
+        "rgb16": rng.integers(0, 65536, (9, 13, 3), dtype=np.uint16),
+        "jpeg": rng.integers(0, 256, (9, 13, 3), dtype=np.uint8),
+    }
+    path = tmp_path / ("x.jpg" if kind == "jpeg" else "x.png")
+    cv2.imwrite(str(path), arrays[kind])
+    fast = lib.data.read_image(path)
+    monkeypatch.setattr(lib.data, "_pyspng", None)
+    plain = lib.data.read_image(path)
+    assert fast.shape == plain.shape == (3, 9, 13) and fast.dtype == torch.uint8
+    assert torch.equal(fast, plain)
+    if kind == "rgb8":
+        assert torch.equal(plain, torch.from_numpy(arrays[kind][:, :, ::-1].copy()).permute(2, 0, 1))

@@ -65,15 +65,25 @@ def test_notebook_runs_top_to_bottom(tmp_path):
     )
     env = {"NOTEBOOK_PRESET": "tiny", "NOTEBOOK_OUT_DIR": str(tmp_path / "ckpts"),
            "NOTEBOOK_DATA_ROOT": str(tmp_path / "data"), "MPLBACKEND": "Agg"}  # fmt: skip
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        nbclient.NotebookClient(notebook, timeout=600, resources={"metadata": {"path": str(ROOT)}}).execute()
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+
+    def execute(**extra):
+        old = {k: os.environ.get(k) for k in {**env, **extra}}
+        os.environ.update({**env, **extra})
+        try:
+            nb = nbformat.read(ROOT / "main.ipynb", as_version=4)
+            nbclient.NotebookClient(nb, timeout=600, resources={"metadata": {"path": str(ROOT)}}).execute()
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    execute()
     assert (tmp_path / "ckpts" / "results.csv").is_file()
     assert list((tmp_path / "ckpts" / "runs").glob("run_0/best.pt"))
+    # The resume path (a Colab disconnect): same run folder, its own config, a second results row.
+    execute(NOTEBOOK_RESUME=str(tmp_path / "ckpts" / "runs" / "run_0"))
+    assert sorted(p.name for p in (tmp_path / "ckpts" / "runs").iterdir()) == ["run_0"]
+    with open(tmp_path / "ckpts" / "results.csv", newline="") as f:
+        assert [row["run"] for row in csv.DictReader(f)] == ["run_0", "run_0"]

@@ -1,4 +1,5 @@
-"""network/: DeepLabv3+ builds, VainF state-dict compatibility, checkpoint loading, heads."""
+"""network/: every architecture x backbone x head builds and trains; VainF / torchvision state-dict
+compatibility, checkpoint and ImageNet loading, heads (incl. AbeT extras), errors, golden outputs."""
 
 from __future__ import annotations
 
@@ -9,23 +10,36 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision import models
 
+from lib.scores import compute_scores
 from network import (
-    BACKBONE_NAMES,
+    ARCHS,
     HEAD_NAMES,
     MODEL_NAMES,
+    AbeTHead,
     CheckpointMismatchError,
+    CosineHead,
     DistanceHead,
     StandardHead,
     build_model,
     count_parameters,
+    forward_with_extras,
+    head_key_of,
+    infer_num_classes,
     load_pretrained,
+    model_grid,
     read_state_dict,
+    valid_output_strides,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FIXTURE_NAME = {"mobilenet_v2": "mobilenet", "resnet50": "resnet50", "resnet101": "resnet101"}
 HEAD_KEY = "classifier.classifier.3"
+DEEPLAB_BACKBONES = ARCHS["deeplabv3plus"]
+HEAVY_BACKBONES = ("resnet50", "resnet101")  # run in eval mode on one image to keep the suite fast
 
 
 def fixture_keys(backbone: str) -> list[tuple[str, tuple[int, ...]]]:
@@ -59,31 +73,188 @@ def random_state_dict(backbone: str, seed: int = 1) -> dict[str, torch.Tensor]:
     return sd
 
 
-# --- builds, forward, backward -------------------------------------------------------------------
+def head_weight(model: nn.Module) -> torch.Tensor:
+    return model.head.prototypes if isinstance(model.head, DistanceHead) else model.head.weight
 
 
-@pytest.mark.parametrize("output_stride", [16, 8])
-@pytest.mark.parametrize("head", HEAD_NAMES)
-@pytest.mark.parametrize("backbone", BACKBONE_NAMES)
-def test_forward_backward(backbone: str, head: str, output_stride: int) -> None:
-    torch.manual_seed(0)
-    model = build_model(backbone=backbone, head=head, num_classes=13, output_stride=output_stride)
-    if backbone == "mobilenet_v2":
-        model.train()
-        x = torch.randn(2, 3, 64, 64)
-    else:  # ResNets are heavy: one image, BatchNorm in eval mode
+# --- every model builds, runs forward and backward ------------------------------------------------
+
+
+def _check_forward_backward(model: nn.Module, backbone: str, head: str, num_classes: int = 13) -> None:
+    if backbone in HEAVY_BACKBONES:  # one image, BatchNorm in eval mode
         model.eval()
         x = torch.randn(1, 3, 64, 64)
+    else:
+        model.train()
+        x = torch.randn(2, 3, 64, 64)
     logits = model(x)
-    assert logits.shape == (x.shape[0], 13, 64, 64)
+    assert logits.shape == (x.shape[0], num_classes, 64, 64)
     assert torch.isfinite(logits).all()
     logits.square().mean().backward()
-    grads = [p.grad for p in model.parameters() if p.requires_grad]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    head_weight = model.head.prototypes if head == "distance" else model.head.weight
-    assert head_weight.grad.abs().sum() > 0
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert head_weight(model).grad.abs().sum() > 0
     if head == "distance":
         assert (logits <= 0).all()
+    if head == "cosine":
+        assert logits.abs().max() <= 10.0 + 1e-5
+
+
+@pytest.mark.parametrize("head", HEAD_NAMES)
+@pytest.mark.parametrize(("arch", "backbone"), model_grid())
+def test_forward_backward(arch: str, backbone: str, head: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(arch=arch, backbone=backbone, head=head, num_classes=13)
+    assert model.config["output_stride"] == valid_output_strides(arch, backbone)[0]
+    assert model.num_classes == 13
+    _check_forward_backward(model, backbone, head)
+
+
+@pytest.mark.parametrize(
+    ("arch", "backbone"),
+    [
+        ("deeplabv3plus", "mobilenet_v2"),
+        ("deeplabv3plus", "resnet101"),
+        ("deeplabv3", "mobilenet_v2"),
+        ("deeplabv3", "resnet50"),
+    ],
+)
+def test_forward_backward_output_stride_8(arch: str, backbone: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(arch=arch, backbone=backbone, head="distance", num_classes=5, output_stride=8)
+    _check_forward_backward(model, backbone, "distance", num_classes=5)
+
+
+def test_experiment_call_still_works() -> None:
+    """The exact call lib/experiment.py makes (legacy pretrained_backbone flag)."""
+    model = build_model(
+        arch="deeplabv3plus",
+        backbone="mobilenet_v2",
+        head="distance",
+        num_classes=13,
+        output_stride=16,
+        pretrained_backbone=False,
+    )
+    assert model.config["pretrained"] == "none" and model.load_report is None
+
+
+@pytest.mark.parametrize(
+    ("arch", "backbone", "kwargs"),
+    [
+        ("deeplabv3plus", "mobilenet_v2", {"output_stride": 8, "vainf_padding": True}),
+        ("deeplabv3", "resnet50", {}),
+        ("unet", "resnet34", {"upsampling": "transposed"}),
+        ("unet", "plain", {"base_width": 8, "upsampling": "bilinear"}),
+        ("my_fcn", "plain", {"base_width": 4}),
+    ],
+)
+def test_config_rebuilds_the_same_model(arch: str, backbone: str, kwargs: dict[str, object]) -> None:
+    model = build_model(arch=arch, backbone=backbone, head="abet", num_classes=3, **kwargs)
+    twin = build_model(**model.config)
+    assert twin.config == model.config
+    assert [(k, v.shape) for k, v in twin.state_dict().items()] == [
+        (k, v.shape) for k, v in model.state_dict().items()
+    ]
+
+
+# The DeepLab decoders are the same whatever the backbone: MobileNetV2 stands for the ResNets here.
+@pytest.mark.parametrize(("arch", "backbone"), [p for p in model_grid() if p[1] not in HEAVY_BACKBONES])
+def test_odd_input_sizes(arch: str, backbone: str) -> None:
+    """Sizes that no stride divides: every output (logits and AbeT extras) at the input size."""
+    model = build_model(arch=arch, backbone=backbone, head="abet", num_classes=4).eval()
+    x = torch.randn(1, 3, 37, 53)
+    with torch.no_grad():
+        out = model.forward_with_extras(x)
+    assert out["logits"].shape == out["untempered_logits"].shape == (1, 4, 37, 53)
+    assert out["temperature"].shape == (1, 1, 37, 53)
+
+
+# --- architecture layouts -------------------------------------------------------------------------
+
+
+def test_deeplabv3_matches_torchvision_layout() -> None:
+    """VainF's DeepLabHead is torchvision's: the same keys under ``classifier.classifier``, head at .4."""
+    ours = build_model(arch="deeplabv3", backbone="resnet50", num_classes=19).state_dict()
+    reference = models.segmentation.deeplabv3_resnet50(
+        weights=None, weights_backbone=None, num_classes=19, aux_loss=False
+    ).state_dict()
+    renamed = {k.replace("classifier.", "classifier.classifier.", 1): v for k, v in reference.items()}
+    assert [(k, v.shape) for k, v in ours.items()] == [(k, v.shape) for k, v in renamed.items()]
+    assert head_key_of("deeplabv3") == "classifier.classifier.4"
+    assert ours["classifier.classifier.1.weight"].shape == (256, 256, 3, 3)
+    assert "classifier.classifier.1.bias" not in ours
+    # the backbone keys are the DeepLabv3+ ones (VainF's backbones do not depend on the decoder)
+    backbone_keys = [k for k, _ in fixture_keys("resnet50") if k.startswith("backbone.")]
+    assert [k for k in ours if k.startswith("backbone.")] == backbone_keys
+
+
+def test_unet_resnet34_encoder_is_torchvision_resnet34() -> None:
+    model = build_model(arch="unet", backbone="resnet34", num_classes=19)
+    reference = {k: v for k, v in models.resnet34().state_dict().items() if not k.startswith("fc.")}
+    encoder = model.backbone.state_dict()
+    assert [(k, v.shape) for k, v in encoder.items()] == [(k, v.shape) for k, v in reference.items()]
+    assert model.backbone.channels == (64, 64, 128, 256, 512)
+    with torch.no_grad():
+        maps = model.backbone(torch.randn(1, 3, 64, 96))
+    assert [m.shape[-2:] for m in maps] == [(64 // s, 96 // s) for s in (2, 4, 8, 16, 32)]
+    assert [b.conv[0].in_channels for b in model.classifier.blocks] == [
+        512 + 256,
+        256 + 128,
+        128 + 64,
+        64 + 64,
+        32,
+    ]
+    assert model.head.weight.shape == (19, 32, 1, 1)
+
+
+def _plain_unet_parameters(base: int, depth: int, num_classes: int) -> int:
+    """Ronneberger's U-Net with bias-free convs + BN and transposed-conv upsampling, counted by hand."""
+
+    def double(cin: int, cout: int) -> int:
+        return 9 * cin * cout + 2 * cout + 9 * cout * cout + 2 * cout
+
+    widths = [base * 2**i for i in range(depth + 1)]
+    total = double(3, widths[0]) + sum(double(a, b) for a, b in zip(widths, widths[1:], strict=False))
+    for w in reversed(widths[1:]):  # up: ConvTranspose2d(w, w/2, 2, 2) with bias, then double(w, w/2)
+        total += 4 * w * (w // 2) + w // 2 + double(w, w // 2)
+    return total + base * num_classes + num_classes
+
+
+@pytest.mark.parametrize(("arch", "base", "depth"), [("unet", 64, 4), ("my_fcn", 32, 3), ("unet", 16, 4)])
+def test_plain_unet_layout(arch: str, base: int, depth: int) -> None:
+    kwargs = {} if base in (64, 32) else {"base_width": base}
+    model = build_model(arch=arch, backbone="plain", num_classes=19, **kwargs)
+    assert count_parameters(model) == _plain_unet_parameters(base, depth, 19)
+    assert model.backbone.channels == tuple(base * 2**i for i in range(depth + 1))
+    assert model.config["output_stride"] == 2**depth
+    with torch.no_grad():
+        maps = model.backbone(torch.randn(1, 3, 64, 64))
+    assert [m.shape[-1] for m in maps] == [64 // 2**i for i in range(depth + 1)]
+
+
+def test_unet_bilinear_has_no_transposed_convs() -> None:
+    model = build_model(arch="unet", backbone="plain", num_classes=3, base_width=8, upsampling="bilinear")
+    assert not any(isinstance(m, nn.ConvTranspose2d) for m in model.modules())
+    transposed = build_model(arch="unet", backbone="plain", num_classes=3, base_width=8)
+    assert sum(isinstance(m, nn.ConvTranspose2d) for m in transposed.modules()) == 4
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("head", HEAD_NAMES)
+def test_head_key_and_num_classes_from_state_dict(arch: str, head: str) -> None:
+    backbone = ARCHS[arch][0] if arch != "unet" else "plain"
+    kwargs = {"base_width": 4} if backbone == "plain" else {}
+    model = build_model(arch=arch, backbone=backbone, head=head, num_classes=7, **kwargs)
+    assert model.head_key == head_key_of(arch)
+    assert infer_num_classes(model.state_dict(), arch=arch) == 7
+    head_keys = [k for k in model.state_dict() if k.startswith(model.head_key + ".")]
+    assert head_keys == [f"{model.head_key}.{k}" for k in model.head.state_dict()]
+
+
+def test_infer_num_classes_wrong_arch() -> None:
+    state = build_model(arch="my_fcn", backbone="plain", num_classes=3, base_width=4).state_dict()
+    with pytest.raises(ValueError, match=r"no head weights under 'classifier.classifier.3'"):
+        infer_num_classes(state, arch="deeplabv3plus")
 
 
 @pytest.mark.parametrize("output_stride", [16, 8])
@@ -138,7 +309,7 @@ def test_vainf_padding_same_keys_different_border() -> None:
 # --- VainF compatibility --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backbone", BACKBONE_NAMES)
+@pytest.mark.parametrize("backbone", DEEPLAB_BACKBONES)
 def test_state_dict_matches_vainf_fixture(backbone: str) -> None:
     model = vainf_like_model(backbone)
     got = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
@@ -263,6 +434,83 @@ def test_read_state_dict_errors(tmp_path: Path) -> None:
         read_state_dict({"cur_itrs": 3, "best_score": 0.5})
 
 
+# --- pretrained sources ---------------------------------------------------------------------------
+
+
+def test_pretrained_checkpoint_path(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    source = build_model(arch="unet", backbone="resnet34", head="cosine", num_classes=5)
+    path = tmp_path / "best.pt"
+    torch.save({"model": source.state_dict(), "config": {"backbone": "resnet34"}}, path)  # lib/train's format
+    model = build_model(arch="unet", backbone="resnet34", head="cosine", num_classes=5, pretrained=path)
+    assert model.load_report.head_loaded
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    assert model.config["pretrained"] == str(path)
+    # a different head kind: body loaded, head kept fresh
+    model = build_model(arch="unet", backbone="resnet34", head="abet", num_classes=5, pretrained=str(path))
+    assert not model.load_report.head_loaded
+    # a checkpoint of another architecture does not fit
+    with pytest.raises(CheckpointMismatchError, match="missing from the checkpoint"):
+        build_model(arch="deeplabv3plus", backbone="mobilenet_v2", num_classes=5, pretrained=path)
+
+
+@pytest.mark.parametrize(
+    ("arch", "backbone", "factory", "prefix"),
+    [
+        ("unet", "resnet34", models.resnet34, "backbone."),
+        ("deeplabv3", "mobilenet_v2", models.mobilenet_v2, None),
+    ],
+)
+def test_pretrained_imagenet_uses_torchvision_weights(
+    monkeypatch: pytest.MonkeyPatch, arch: str, backbone: str, factory, prefix: str | None
+) -> None:
+    """'imagenet' fetches torchvision's weights file (stubbed here: no network in tests)."""
+    torch.manual_seed(123)
+    imagenet = factory().state_dict()
+    urls = []
+
+    def fake_download(url: str, *args: object, **kwargs: object) -> dict[str, torch.Tensor]:
+        urls.append(url)
+        return imagenet
+
+    monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", fake_download)
+    for kwargs in ({"pretrained": "imagenet"}, {"pretrained_backbone": True}):
+        model = build_model(arch=arch, backbone=backbone, num_classes=3, **kwargs)
+        assert model.config["pretrained"] == "imagenet"
+        state = model.state_dict()
+        if prefix:  # ResNet encoder: torchvision names under backbone.
+            assert torch.equal(state["backbone.layer3.1.conv2.weight"], imagenet["layer3.1.conv2.weight"])
+        else:  # MobileNetV2: features.i -> low_level_features.i / high_level_features.i
+            assert torch.equal(
+                state["backbone.low_level_features.0.0.weight"], imagenet["features.0.0.weight"]
+            )
+            assert torch.equal(
+                state["backbone.high_level_features.17.conv.2.weight"], imagenet["features.17.conv.2.weight"]
+            )
+    assert len(urls) == 2 and urls[0].endswith(".pth")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        (
+            {"pretrained": "imagnet"},
+            r"pretrained must be 'none', 'imagenet' or an existing checkpoint file; got 'imagnet'",
+        ),
+        ({"pretrained": "none", "pretrained_backbone": True}, r"conflicting arguments"),
+        ({"pretrained": "imagenet", "pretrained_backbone": False}, r"conflicting arguments"),
+        (
+            {"arch": "my_fcn", "backbone": "plain", "pretrained": "imagenet"},
+            r"'plain' has no ImageNet weights",
+        ),
+    ],
+)
+def test_pretrained_errors(kwargs: dict[str, object], pattern: str) -> None:
+    with pytest.raises(ValueError, match=pattern):
+        build_model(num_classes=3, **kwargs)
+
+
 # --- heads ----------------------------------------------------------------------------------------
 
 
@@ -328,13 +576,105 @@ def test_standard_head_keys() -> None:
     assert head(torch.randn(1, 256, 3, 3)).shape == (1, 13, 3, 3)
 
 
-# --- names ----------------------------------------------------------------------------------------
+def test_cosine_head_matches_definition() -> None:
+    torch.manual_seed(0)
+    head = CosineHead(16, 5)
+    assert sorted(head.state_dict()) == ["weight"]  # bias-free
+    f = torch.randn(2, 16, 3, 4, requires_grad=True)
+    logits = head(f)
+    w = head.weight.flatten(1)
+    expected = 10.0 * F.cosine_similarity(f.unsqueeze(1), w[None, :, :, None, None], dim=2)
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+    # invariant to the scale of features and weights
+    with torch.no_grad():
+        head.weight.mul_(3.0)
+    torch.testing.assert_close(head(2.5 * f), logits, rtol=1e-5, atol=1e-5)
+
+
+def test_cosine_heads_finite_at_zero_features() -> None:
+    """A ReLU can zero a whole feature vector: cosine 0, finite gradients."""
+    for head in (CosineHead(8, 3), AbeTHead(8, 3)):
+        f = torch.randn(2, 8, 2, 2)
+        f[0, :, 0, 0] = 0.0
+        f.requires_grad_(True)
+        out = head.forward_with_extras(f)
+        assert torch.equal(out.get("untempered_logits", out["logits"])[0, :, 0, 0], torch.zeros(3))
+        out["logits"].sum().backward()
+        assert torch.isfinite(f.grad).all() and torch.isfinite(head.weight.grad).all()
+
+
+def test_abet_head_extras() -> None:
+    torch.manual_seed(0)
+    head = AbeTHead(16, 5).train()
+    f = torch.randn(2, 16, 3, 4)
+    out = head.forward_with_extras(f)
+    assert sorted(out) == ["logits", "temperature", "untempered_logits"]
+    cosine = F.cosine_similarity(f.unsqueeze(1), head.weight.flatten(1)[None, :, :, None, None], dim=2)
+    torch.testing.assert_close(out["untempered_logits"], cosine, rtol=1e-5, atol=1e-5)
+    conv, bn = head.temperature
+    assert conv.bias is None and conv.weight.shape == (1, 16, 1, 1)
+    head.eval()  # running stats were updated by the train-mode call; recompute the temperature in eval
+    out = head.forward_with_extras(f)
+    t = torch.sigmoid(bn(conv(f))) + 1e-12
+    torch.testing.assert_close(out["temperature"], t)
+    assert out["temperature"].shape == (2, 1, 3, 4)
+    assert ((out["temperature"] > 0) & (out["temperature"] <= 1)).all()
+    torch.testing.assert_close(out["logits"], out["untempered_logits"] / t)
+    assert torch.equal(head(f), out["logits"])
+
+
+def test_heads_without_extras_return_logits_only() -> None:
+    f = torch.randn(1, 8, 2, 2)
+    for head in (StandardHead(8, 3), DistanceHead(8, 3), CosineHead(8, 3)):
+        out = head.forward_with_extras(f)
+        assert list(out) == ["logits"] and torch.equal(out["logits"], head(f))
+
+
+def test_model_forward_with_extras_and_abet_score() -> None:
+    torch.manual_seed(0)
+    model = build_model(arch="deeplabv3plus", backbone="mobilenet_v2", head="abet", num_classes=6).eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        logits = model(x)
+        out = model.forward_with_extras(x)
+        assert torch.equal(forward_with_extras(model, x)["logits"], out["logits"])
+    assert torch.equal(out["logits"], logits)  # the same tensor plain forward gives
+    assert out["untempered_logits"].shape == (1, 6, 64, 96) and out["temperature"].shape == (1, 1, 64, 96)
+    # the AbeT score: energy of the untempered (cosine) logits, not of the tempered ones
+    abet = compute_scores(out["logits"], ("abet",), extras=out)["abet"]
+    torch.testing.assert_close(abet, -torch.logsumexp(out["untempered_logits"], dim=1))
+    assert not torch.allclose(abet, -torch.logsumexp(logits, dim=1))
+    # any module: the helper falls back to {"logits": model(x)}
+    plain = nn.Conv2d(3, 2, 1)
+    assert list(forward_with_extras(plain, x)) == ["logits"]
+
+
+def test_heads_under_autocast_are_float32() -> None:
+    f = torch.randn(1, 16, 2, 2)
+    for head in (DistanceHead(16, 3), CosineHead(16, 3), AbeTHead(16, 3).eval()):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = head.forward_with_extras(f.bfloat16())
+        assert all(v.dtype == torch.float32 for v in out.values()), type(head).__name__
+
+
+# --- names and errors -----------------------------------------------------------------------------
 
 
 def test_names() -> None:
-    assert MODEL_NAMES["arch"] == ("deeplabv3plus",)
-    assert MODEL_NAMES["backbone"] == ("mobilenet_v2", "resnet50", "resnet101")
-    assert MODEL_NAMES["head"] == ("standard", "distance")
+    assert MODEL_NAMES["arch"] == ("deeplabv3plus", "deeplabv3", "unet", "my_fcn")
+    assert MODEL_NAMES["backbone"] == ("mobilenet_v2", "resnet50", "resnet101", "resnet34", "plain")
+    assert MODEL_NAMES["head"] == ("standard", "distance", "cosine", "abet")
+    assert dict(ARCHS) == {
+        "deeplabv3plus": ("mobilenet_v2", "resnet50", "resnet101"),
+        "deeplabv3": ("mobilenet_v2", "resnet50", "resnet101"),
+        "unet": ("resnet34", "plain"),
+        "my_fcn": ("plain",),
+    }
+    assert len(model_grid()) == 9
+    assert valid_output_strides("deeplabv3", "resnet50") == (16, 8)
+    assert valid_output_strides("unet", "resnet34") == (32,)
+    assert valid_output_strides("unet", "plain") == (16,)
+    assert valid_output_strides("my_fcn", "plain") == (8,)
 
 
 @pytest.mark.parametrize(
@@ -342,12 +682,27 @@ def test_names() -> None:
     [
         (
             {"backbone": "resnet18"},
-            r"unknown backbone 'resnet18'; valid backbones: mobilenet_v2, resnet50, resnet101",
+            r"unknown backbone 'resnet18'; valid backbones: mobilenet_v2, resnet50, resnet101, resnet34, plain",
         ),
-        ({"head": "cosine"}, r"unknown head 'cosine'; valid heads: standard, distance"),
-        ({"arch": "pspnet"}, r"unknown arch 'pspnet'; valid archs: deeplabv3plus"),
+        ({"head": "arcface"}, r"unknown head 'arcface'; valid heads: standard, distance, cosine, abet"),
+        ({"arch": "pspnet"}, r"unknown arch 'pspnet'; valid archs: deeplabv3plus, deeplabv3, unet, my_fcn"),
+        (
+            {"arch": "unet", "backbone": "mobilenet_v2"},
+            r"arch 'unet' does not support backbone 'mobilenet_v2'; valid backbones for unet: resnet34, plain",
+        ),
+        ({"arch": "deeplabv3plus", "backbone": "plain"}, r"valid backbones for deeplabv3plus: mobilenet_v2"),
+        ({"arch": "my_fcn", "backbone": "resnet34"}, r"valid backbones for my_fcn: plain"),
         ({"output_stride": 32}, r"valid output strides: 16, 8"),
+        (
+            {"arch": "unet", "backbone": "resnet34", "output_stride": 16},
+            r"fixed output stride of 32; pass output_stride=None \(or 32\)",
+        ),
         ({"num_classes": 0}, r"num_classes must be a positive int"),
+        ({"base_width": 16}, r"base_width applies to the plain encoder only"),
+        ({"arch": "my_fcn", "backbone": "plain", "base_width": 1}, r"base_width must be an int >= 2"),
+        ({"upsampling": "bilinear"}, r"upsampling applies to the U-Net decoders only"),
+        ({"arch": "unet", "backbone": "plain", "upsampling": "nearest"}, r"valid: transposed, bilinear"),
+        ({"arch": "unet", "backbone": "resnet34", "vainf_padding": True}, r"vainf_padding applies to"),
     ],
 )
 def test_unknown_names_raise(kwargs: dict[str, object], pattern: str) -> None:
@@ -356,16 +711,29 @@ def test_unknown_names_raise(kwargs: dict[str, object], pattern: str) -> None:
         build_model(**args)
 
 
-# --- golden output --------------------------------------------------------------------------------
+# --- golden outputs -------------------------------------------------------------------------------
+
+#: (arch, backbone, train mode) -> [mean, std, mean over classes at pixel (10, 20), max of class 5] of
+#: the logits of a seeded standard-head model on a seeded 64x64 input (CPU, float32; image 0 of a batch
+#: of 2 in train mode, where BatchNorm uses batch statistics and DeepLab's untrained eval-mode features
+#: would leave little more than the head's bias).
+GOLDEN = {
+    ("deeplabv3plus", "mobilenet_v2", False): [0.00901528, 0.0354386, 0.00916091, -0.00541802],
+    ("deeplabv3plus", "mobilenet_v2", True): [-0.116363, 0.867947, -0.00330992, 0.221129],
+    ("deeplabv3", "mobilenet_v2", True): [-0.117066, 0.826351, -0.078626, 1.39527],
+    ("unet", "resnet34", False): [-0.822443, 7.47137, 0.208472, 3.59311],
+    ("unet", "plain", False): [0.144951, 0.943603, 0.3724, 1.00439],
+    ("my_fcn", "plain", False): [0.400845, 1.07274, 0.584382, 4.14335],
+}
 
 
-def test_seeded_output_is_stable() -> None:
+@pytest.mark.parametrize(("arch", "backbone", "train"), list(GOLDEN))
+def test_seeded_output_is_stable(arch: str, backbone: str, train: bool) -> None:
     """Seeded weights and input give the same logits as when this test was written (CPU, float32)."""
     torch.manual_seed(0)
-    model = build_model(backbone="mobilenet_v2", head="standard", num_classes=13).eval()
-    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    model = build_model(arch=arch, backbone=backbone, head="standard", num_classes=13).train(train)
+    x = torch.randn(2 if train else 1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         logits = model(x)
     summary = torch.stack([logits.mean(), logits.std(), logits[0, :, 10, 20].mean(), logits[0, 5].max()])
-    golden = torch.tensor([0.00901528, 0.0354386, 0.00916091, -0.00541802])
-    torch.testing.assert_close(summary, golden, rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(summary, torch.tensor(GOLDEN[arch, backbone, train]), rtol=1e-3, atol=1e-6)

@@ -1,0 +1,112 @@
+"""Evaluate a training checkpoint on the test split: mIoU and the anomaly scores' AUPR, AUROC, FPR95.
+
+Examples:
+    python scripts/test.py --checkpoint ckpts/runs/run_3                # the run's best.pt
+    python scripts/test.py --checkpoint ckpts/runs/run_3/last.pt --flip --scales 0.75 1.0 1.25
+    python scripts/test.py --checkpoint ckpts/runs/run_3 --backbone resnet101 --head distance \\
+        --dataset cityscapes                                            # the seed's flags
+
+The model is rebuilt from the RunConfig saved in the checkpoint. Runtime flags (--data-root,
+--eval-batch-size, --scores, --miou-exclude, --max-eval-images, --device, --out-dir, ...) change how it
+is evaluated; any other flag is checked against the checkpoint and stops with an error when it
+differs (so the seed's --backbone/--head/--dataset cityscapes confirm what was trained). As in
+scripts/train.py, --dataset is the seed's pretraining source and --data the dataset.
+
+Prints the results table and appends one row (every config field and metric, the checkpoint and
+its epoch) to <out-dir>/results.csv; the metrics also go to test_<checkpoint>.json in the run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lib.config import SEED_FLAG_NOTES, SEED_FLAGS, add_config_arguments  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog=__doc__.split("\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--checkpoint",
+        metavar="PATH_OR_RUN_DIR",
+        required=True,
+        help="a checkpoint written by scripts/train.py, or its run folder (then its best.pt)",
+    )
+    parser.add_argument(
+        "--flip", action="store_true", help="also predict the mirrored image and average the logits"
+    )
+    parser.add_argument(
+        "--scales",
+        nargs="+",
+        type=float,
+        default=[1.0],
+        help="test-time resize factors whose logits are averaged (default: 1.0)",
+    )
+    # RunConfig.checkpoint (the weights a training run started from) means nothing here.
+    add_config_arguments(parser, flags=SEED_FLAGS, help_notes=SEED_FLAG_NOTES, exclude=("checkpoint",))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from lib.classes import NUM_KNOWN_CLASSES
+    from lib.config import config_with_overrides, given_fields
+    from lib.data import DatasetError, make_loader
+    from lib.experiment import make_datasets, make_model, prepare_data, results_row
+    from lib.test import evaluate, results_table
+    from lib.train import load_checkpoint
+    from lib.utils import append_csv_row, atomic_write_bytes, pick_device, seed_everything
+
+    start = time.perf_counter()
+    checkpoint = load_checkpoint(args.checkpoint, name="best.pt")
+    path = Path(checkpoint["path"])
+    given = {k: v for k, v in given_fields(args).items() if k != "checkpoint"}  # --checkpoint is ours
+    try:
+        cfg = config_with_overrides(checkpoint["config"], given, purpose=f"evaluating {path}")
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"checkpoint {path} (epoch {checkpoint['epoch']}):\n{cfg.to_json()}")
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.device)
+    try:
+        prepare_data(cfg)
+    except DatasetError as err:
+        print(f"\ndataset error: {err}", file=sys.stderr)
+        return 2
+    test_set = make_datasets(cfg).test
+    loader = make_loader(
+        test_set, batch_size=cfg.eval_batch_size, shuffle=False, num_workers=cfg.num_workers, seed=cfg.seed
+    )
+    model = make_model(cfg, initial_weights=False)
+    model.load_state_dict(checkpoint["model"])
+    result = evaluate(
+        model.to(device), loader, num_classes=NUM_KNOWN_CLASSES, device=device, score_names=cfg.scores,
+        miou_exclude=cfg.miou_exclude, flip=args.flip, scales=tuple(args.scales), progress=cfg.progress,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    row = {
+        **results_row(cfg, result, run_dir=path.parent, seconds=seconds),
+        "checkpoint": str(path),
+        "checkpoint_epoch": checkpoint["epoch"],
+        "tta": f"flip={args.flip} scales={' '.join(map(str, args.scales))}",
+    }
+    append_csv_row(Path(cfg.out_dir) / "results.csv", row)
+    atomic_write_bytes(path.parent / f"test_{path.stem}.json", json.dumps(result.metrics, indent=2).encode())
+    print(f"\nResults on the {cfg.dataset} test split ({result.num_images} images, {seconds:.0f} s):")
+    print(results_table(result.metrics, cfg.scores))
+    print(f"\nresults row: {Path(cfg.out_dir) / 'results.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

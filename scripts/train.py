@@ -1,0 +1,117 @@
+"""Train DeepLabv3+ for segmentation with anomaly scores, in one process or several (torchrun).
+
+Examples:
+    python scripts/train.py --preset tiny                                   # seconds, synthetic data
+    python scripts/train.py --preset streethazards --backbone resnet101 --head distance \\
+        --dataset cityscapes --loss fl+h --gamma 0.1 --gamma_focal 2.0      # the seed's command line
+    python scripts/train.py --preset streethazards --amp bf16 --warmup-iters 500 --backbone-lr 1e-4
+    torchrun --nproc_per_node=4 scripts/train.py --preset streethazards --sync-bn --amp bf16
+    python scripts/train.py --resume ckpts/runs/run_3                       # continue where it stopped
+    python scripts/train.py --resume ckpts/runs/run_3 --epochs 80           # ... and train for longer
+
+The seed's flags work as they did: --dataset names the PRETRAINING source of the DeepLabv3+
+weights (cityscapes or voc, same as --pretrained-on; the file is --checkpoint, or VainF's file name
+under <out-dir>/pretrained/), while --data picks the training data (synthetic or streethazards);
+--gamma is the entropy weight (--entropy-weight) and --gamma_focal the focal-loss gamma.
+
+Every run gets its own folder, <out-dir>/runs/run_N (never reused): config.json, last.pt (every
+epoch), best.pt (best validation loss), history.csv, and tensorboard/ when tensorboard is
+installed. Each checkpoint holds the whole RunConfig, the optimizer, schedule, scaler and random
+states, so --resume continues exactly; on --resume only the runtime flags (data and output
+folders, epochs, early stopping, workers, device, compile, evaluation, logging) may change.
+Evaluate a run with: python scripts/test.py --checkpoint <out-dir>/runs/run_N
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lib import distributed  # noqa: E402
+from lib.config import (  # noqa: E402
+    SEED_FLAG_NOTES,
+    SEED_FLAGS,
+    RunConfig,
+    add_config_arguments,
+    config_from_args,
+    config_with_overrides,
+    given_fields,
+    presets,
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog=__doc__.split("\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--preset",
+        choices=sorted(presets()),
+        default=None,
+        help="starting settings that the flags below override: demo (synthetic, ~5 min on 2 CPU cores), "
+        "tiny (seconds), streethazards (the real dataset, GPU) (default: demo; ignored with --resume)",
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="PATH_OR_RUN_DIR",
+        default=None,
+        help="continue an interrupted run from a checkpoint file or a run folder (its last.pt), in "
+        "that folder, with the checkpoint's config",
+    )
+    add_config_arguments(parser, flags=SEED_FLAGS, help_notes=SEED_FLAG_NOTES)
+    return parser.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace, checkpoint: dict | None) -> RunConfig:
+    """The preset with the flags given; on --resume, the checkpoint's config with the runtime flags given."""
+    if checkpoint is None:
+        return config_from_args(args, base=presets()[args.preset or "demo"])
+    return config_with_overrides(
+        checkpoint["config"], given_fields(args), purpose=f"--resume {checkpoint['path']}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from lib.data import DatasetError
+    from lib.experiment import train
+    from lib.train import load_checkpoint
+
+    device = distributed.init_from_env(device=args.device or "auto")
+    try:
+        checkpoint = load_checkpoint(args.resume) if args.resume else None
+        try:
+            cfg = build_config(args, checkpoint)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        if distributed.is_main():
+            source = f"resuming {checkpoint['path']}" if checkpoint else f"preset {args.preset or 'demo'}"
+            print(f"{source}:\n{cfg.to_json()}")
+        # One process: cfg.device decides (it may come from the checkpoint); torchrun: this rank's.
+        trained = train(cfg, resume=checkpoint, device=device if distributed.is_distributed() else None)
+        if distributed.is_main():
+            best = min(trained.history, key=lambda row: row["val_loss"])
+            print(
+                f"\nbest validation loss {best['val_loss']:.4f} (mIoU {best['val_mIoU']:.2f}) at epoch "
+                f"{best['epoch']}; run folder: {trained.run_dir}\n"
+                f"evaluate it with: python scripts/test.py --checkpoint {trained.run_dir}"
+            )
+    except DatasetError as err:
+        print(f"\ndataset error: {err}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:
+        print(f"\nerror: {err}", file=sys.stderr)
+        return 2
+    finally:
+        distributed.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

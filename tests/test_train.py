@@ -1,0 +1,421 @@
+"""Training: schedule, exact resume, multi-process agreement, accumulation, guard rails, CLI.
+
+Everything runs on CPU with the tiny synthetic preset (64x128 images, MobileNetV2, a few steps).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import math
+import os
+import shutil
+import subprocess
+import sys
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+import torch
+
+from lib import train as train_lib
+from lib.classes import NUM_KNOWN_CLASSES
+from lib.config import RunConfig, presets
+from lib.experiment import make_criterion, make_datasets, make_loaders, make_model, prepare_data
+from lib.train import (
+    DiskSpaceError,
+    LRSchedule,
+    build_optimizer,
+    fit,
+    load_checkpoint,
+    param_groups,
+    save_checkpoint,
+)
+from lib.utils import seed_everything
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: tiny tensors gain nothing from two, and two threads spin-waiting for
+    each other on a busy 2-core machine make a step ten times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    """The tiny synthetic dataset, generated once for the module (8 train, 4 val, 4 test images)."""
+    root = tmp_path_factory.mktemp("data")
+    prepare_data(tiny_config(root, root))
+    return root
+
+
+def tiny_config(data_root: Path, out_dir: Path, **changes) -> RunConfig:
+    values = {**presets()["tiny"], "data_root": str(data_root), "out_dir": str(out_dir), "progress": False}
+    values.update(tensorboard=False, validate_data=False)
+    return RunConfig(**{**values, **changes})
+
+
+@pytest.fixture
+def deterministic():
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(previous)
+
+
+def without_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Dropout masks are random draws that differ between 1 and 2 processes: switch them off where
+    two runs must agree step for step."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model
+
+
+def train_run(
+    cfg: RunConfig, run_dir: Path, *, resume=None, on_epoch_end=None, shard=None, seed=None, dropout=True
+):
+    """The steps of `lib.experiment.train`, with a chosen run folder, loader sharding and seed."""
+    seed_everything(cfg.seed if seed is None else seed)
+    data = make_datasets(cfg)
+    model = make_model(cfg) if dropout else without_dropout(make_model(cfg))
+    criterion = make_criterion(cfg, data.train)
+    loaders = make_loaders(cfg, data, shard=shard)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    history = fit(
+        model, loaders["train"], loaders["val"], criterion, cfg, device=torch.device("cpu"),
+        run_dir=run_dir, num_classes=NUM_KNOWN_CLASSES, resume=resume, on_epoch_end=on_epoch_end,
+    )  # fmt: skip
+    return model, history
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def assert_same_weights(a: dict, b: dict, *, rtol: float = 0.0, atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    bad = [k for k in a if not torch.allclose(a[k].double(), b[k].double(), rtol=rtol, atol=atol)]
+    assert not bad, f"{len(bad)} tensors differ, e.g. {bad[:3]}"
+
+
+def max_difference(a: dict, b: dict) -> float:
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point())
+
+
+# ----------------------------------------------------------------------------- schedule, groups
+
+
+def test_plateau_schedule_decides_like_torch_reduce_on_plateau():
+    losses = [1.0, 0.9, 0.95, 0.95, 0.9, 0.99999, 0.8, 0.8, 0.8, 0.8, 0.81, 0.7]
+    ours_opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    torch_opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    ours = LRSchedule(ours_opt, kind="plateau", total_steps=100, patience=1)
+    reference = torch.optim.lr_scheduler.ReduceLROnPlateau(torch_opt, mode="min", factor=0.5, patience=1)
+    for loss in losses:
+        ours.step()  # per-step calls must not move a plateau schedule
+        ours.step_epoch(loss)
+        reference.step(loss)
+        assert ours_opt.param_groups[0]["lr"] == torch_opt.param_groups[0]["lr"]
+    assert torch_opt.param_groups[0]["lr"] < 1e-3 / 2  # the sequence did trigger reductions
+
+
+def test_warmup_then_poly_and_state_round_trip():
+    optimizer = torch.optim.SGD(
+        [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.1},
+         {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 1.0}], lr=1.0,
+    )  # fmt: skip
+    schedule = LRSchedule(optimizer, kind="poly", total_steps=10, warmup_iters=4)
+    seen = []
+    for _ in range(10):
+        seen.append([g["lr"] for g in optimizer.param_groups])
+        schedule.step()
+    for s, (backbone, head) in enumerate(seen):
+        expected = min(1.0, (s + 1) / 4) * (1 - s / 10) ** 0.9
+        assert head == pytest.approx(expected) and backbone == pytest.approx(0.1 * expected)
+    assert seen[3][1] == pytest.approx(0.7**0.9)  # warm-up reaches the poly curve at step 3
+    state = schedule.state_dict()
+    fresh = LRSchedule(optimizer, kind="poly", total_steps=10, warmup_iters=4)
+    fresh.load_state_dict(state)
+    assert fresh.steps == 10 and optimizer.param_groups[1]["lr"] == 0.0
+
+
+def test_backbone_and_head_groups(tmp_path):
+    cfg = tiny_config(tmp_path, tmp_path, lr=1e-3, backbone_lr=1e-4, optimizer="sgd")
+    model = make_model(cfg)
+    groups = param_groups(model, cfg)
+    assert [g["name"] for g in groups] == ["backbone", "head"]
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    backbone_ids = {id(p) for p in model.backbone.parameters()}
+    assert all(id(p) in backbone_ids for p in groups[0]["params"])
+    optimizer = build_optimizer(model, cfg)
+    assert [g["lr"] for g in optimizer.param_groups] == [1e-4, 1e-3]
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"] == 0.9
+
+
+# ----------------------------------------------------------------------------- exact resume
+
+
+class Interrupt(Exception):
+    """Stands for a kill between two epochs."""
+
+
+def test_resume_ends_with_the_weights_of_an_uninterrupted_run(data_root, tmp_path, deterministic):
+    cfg = tiny_config(
+        data_root, tmp_path, epochs=3, scheduler="poly", warmup_iters=2, grad_clip=1.0, max_steps_per_epoch=2
+    )
+    _, full_history = train_run(cfg, tmp_path / "full")
+
+    def stop_after_first(row):
+        if row["epoch"] == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_run(cfg, tmp_path / "cut", on_epoch_end=stop_after_first)
+    assert load_checkpoint(tmp_path / "cut")["epoch"] == 1
+    after_first_epoch = weights(tmp_path / "cut" / "last.pt")
+    # A fresh process would start from other random states: the checkpoint must restore them all.
+    resumed_model, history = train_run(
+        cfg, tmp_path / "cut", resume=load_checkpoint(tmp_path / "cut"), seed=123
+    )
+
+    full, resumed = weights(tmp_path / "full" / "last.pt"), weights(tmp_path / "cut" / "last.pt")
+    assert_same_weights(full, resumed)
+    assert [r["train_loss"] for r in history] == [r["train_loss"] for r in full_history]
+    assert [r["val_loss"] for r in history] == [r["val_loss"] for r in full_history]
+    with open(tmp_path / "cut" / "history.csv", newline="") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3]
+    # Epochs 2 and 3 moved the weights far more than any tolerance: the comparison can fail.
+    assert max_difference(full, after_first_epoch) > 1e-3
+
+
+# ----------------------------------------------------------------------------- DDP
+
+
+DDP_WORKER = """
+import json, sys
+sys.path.insert(0, {root!r})
+import torch
+from lib import distributed, experiment
+from lib.config import RunConfig
+
+make_model = experiment.make_model
+
+
+def make_model_without_dropout(cfg, **kwargs):
+    model = make_model(cfg, **kwargs)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model
+
+
+experiment.make_model = make_model_without_dropout
+device = distributed.init_from_env(device="cpu")
+experiment.train(RunConfig.from_dict(json.loads(sys.argv[1])), device=device)
+distributed.cleanup()
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_agree_with_one(data_root, tmp_path):
+    """torchrun with 2 CPU processes (gloo) x batch 2 against one process x batch 4, same images.
+
+    Without augmentation, with BatchNorm statistics frozen (per-process batch statistics would
+    legitimately differ; SyncBatchNorm has no CPU path) and without dropout (random masks), both
+    see the same images in every step and must end with the same weights and the same validation
+    numbers (summed across processes). The worker calls `lib.experiment.train`, as
+    scripts/train.py does. A single process that saw other batches ends elsewhere: the comparison
+    can fail.
+    """
+    common = dict(augment=False, freeze_bn=True, optimizer="sgd", lr=0.05, epochs=1, max_steps_per_epoch=2)
+    ddp_cfg = tiny_config(data_root, tmp_path / "ddp", batch_size=2, run_name="ddp", **common)
+    worker = tmp_path / "worker.py"
+    worker.write_text(DDP_WORKER.format(root=str(ROOT)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(worker), ddp_cfg.to_json()]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=240, env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    run_dir = tmp_path / "ddp" / "runs" / "ddp"
+    assert sorted(p.name for p in (tmp_path / "ddp" / "runs").iterdir()) == ["ddp"]  # one run folder
+    ddp = torch.load(run_dir / "last.pt", weights_only=True)
+    assert ddp["world_size"] == 2 and len(ddp["rng"]) == 2
+    assert not torch.equal(ddp["rng"][0]["torch"], ddp["rng"][1]["torch"])  # each process its own
+    with open(run_dir / "history.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 1  # one writer
+
+    cfg = tiny_config(data_root, tmp_path, batch_size=4, **common)
+    _, single_history = train_run(cfg, tmp_path / "single", shard=(0, 1), dropout=False)
+    single = weights(tmp_path / "single" / "last.pt")
+    assert_same_weights(ddp["model"], single, rtol=1e-4, atol=1e-6)
+    for key in ("train_loss", "val_loss", "val_mIoU"):
+        assert ddp["history"][0][key] == pytest.approx(single_history[0][key], rel=1e-5), key
+
+    # Control: one process with other batches (another shuffling seed) ends measurably elsewhere.
+    other = tiny_config(data_root, tmp_path, batch_size=4, seed=1, **common)
+    train_run(other, tmp_path / "other", shard=(0, 1), seed=0, dropout=False)
+    assert max_difference(ddp["model"], weights(tmp_path / "other" / "last.pt")) > 1e-4
+
+
+# ----------------------------------------------------------------------------- step mechanics
+
+
+def test_gradient_accumulation_equals_the_larger_batch(data_root, tmp_path, deterministic):
+    common = dict(augment=False, freeze_bn=True, optimizer="sgd", lr=0.05, epochs=1)
+    train_run(
+        tiny_config(data_root, tmp_path, batch_size=4, max_steps_per_epoch=1, **common), tmp_path / "big"
+    )
+    train_run(
+        tiny_config(data_root, tmp_path, batch_size=2, grad_accum_steps=2, max_steps_per_epoch=2, **common),
+        tmp_path / "accum",
+    )
+    big, accum = weights(tmp_path / "big" / "last.pt"), weights(tmp_path / "accum" / "last.pt")
+    assert_same_weights(big, accum, rtol=1e-4, atol=1e-6)
+    train_run(
+        tiny_config(data_root, tmp_path, batch_size=2, max_steps_per_epoch=1, **common), tmp_path / "half"
+    )
+    assert max_difference(big, weights(tmp_path / "half" / "last.pt")) > 1e-4  # half the batch: elsewhere
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_and_channels_last_train_on_cpu(data_root, tmp_path, amp):
+    cfg = tiny_config(data_root, tmp_path, amp=amp, channels_last=True, max_steps_per_epoch=1)
+    model, history = train_run(cfg, tmp_path / amp)
+    assert math.isfinite(history[0]["train_loss"]) and math.isfinite(history[0]["val_loss"])
+    checkpoint = load_checkpoint(tmp_path / amp)
+    assert bool(checkpoint["scaler"]) == (amp == "fp16")  # fp16 keeps a GradScaler state
+
+
+def test_nan_loss_stops_naming_epoch_and_step(data_root, tmp_path):
+    cfg = tiny_config(data_root, tmp_path, max_steps_per_epoch=2)
+    data = make_datasets(cfg)
+    loaders = make_loaders(cfg, data)
+    model = make_model(cfg)
+
+    def nan_loss(logits, masks):
+        return logits.mean() * float("nan")
+
+    with pytest.raises(FloatingPointError, match="at epoch 1, step 0.*lower the learning rate"):
+        fit(model, loaders["train"], loaders["val"], nan_loss, cfg, device=torch.device("cpu"),
+            run_dir=tmp_path, num_classes=NUM_KNOWN_CLASSES)  # fmt: skip
+
+
+def test_early_stopping_after_patience_epochs(data_root, tmp_path, monkeypatch):
+    scripted = iter([1.0, 1.1, 0.9, 0.95, 0.95, 0.95, 0.5])
+
+    def fake_validate(*args, **kwargs):
+        return {"val_loss": next(scripted), "val_mIoU": 0.0}
+
+    monkeypatch.setattr(train_lib, "validate", fake_validate)
+    cfg = tiny_config(data_root, tmp_path, epochs=7, early_stopping_patience=2, max_steps_per_epoch=1)
+    _, history = train_run(cfg, tmp_path / "run")
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4, 5]  # best at 3, then 2 epochs without
+    assert load_checkpoint(tmp_path / "run", name="best.pt")["epoch"] == 3
+    assert load_checkpoint(tmp_path / "run")["epoch"] == 5
+
+
+def test_disk_space_is_checked_before_saving(tmp_path, monkeypatch):
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
+    state = {"model": {"w": torch.zeros(1000)}, "epoch": 1}
+    with pytest.raises(DiskSpaceError, match=rf"in {tmp_path}.*need about [\d,]+ bytes.*only 1,000 free"):
+        save_checkpoint(state, tmp_path, best=True)
+    assert list(tmp_path.iterdir()) == []  # nothing half written
+
+
+def test_best_is_a_snapshot_not_the_next_last(tmp_path):
+    save_checkpoint({"epoch": 1, "model": {"w": torch.zeros(2)}}, tmp_path, best=True)
+    save_checkpoint({"epoch": 2, "model": {"w": torch.ones(2)}}, tmp_path, best=False)
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 1
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
+
+
+def test_tensorboard_logs_when_installed_and_is_skipped_when_not(data_root, tmp_path, monkeypatch):
+    cfg = tiny_config(data_root, tmp_path, tensorboard=True, max_steps_per_epoch=1)
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+
+        installed = True
+    except ImportError:
+        installed = False
+    if installed:
+        train_run(cfg, tmp_path / "with")
+        assert list((tmp_path / "with" / "tensorboard").glob("events.out.tfevents.*"))
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import now raises ImportError
+    train_run(cfg, tmp_path / "without")
+    assert not (tmp_path / "without" / "tensorboard").exists()
+    assert (tmp_path / "without" / "last.pt").is_file()
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_train_resume_and_test_scripts(data_root, tmp_path, capsys):
+    train_script, test_script = load_script("train"), load_script("test")
+    with pytest.raises(SystemExit):
+        train_script.parse_args(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for flag in (
+        "--dataset",
+        "--pretrained-on",
+        "--gamma ",
+        "--gamma_focal",
+        "--loss",
+        "--resume",
+        "--data ",
+    ):
+        assert flag in help_text
+    assert "PRETRAINING source" in help_text and "--gamma is the seed's spelling" in help_text
+    common = [
+        "--data-root",
+        str(data_root),
+        "--out-dir",
+        str(tmp_path),
+        "--no-progress",
+        "--no-validate-data",
+    ]
+
+    # The seed's --dataset names pretrained weights; missing ones stop before any folder is made.
+    assert train_script.main(["--preset", "tiny", "--dataset", "cityscapes", *common]) == 2
+    assert "best_deeplabv3plus_mobilenet_cityscapes_os16.pth" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+    seed_flags = ["--loss", "fl+h", "--gamma", "0.2", "--gamma_focal", "3"]
+    assert train_script.main(["--preset", "tiny", *seed_flags, *common]) == 0
+    run_dir = tmp_path / "runs" / "run_0"
+    saved = load_checkpoint(run_dir)
+    assert (saved["config"]["entropy_weight"], saved["config"]["gamma_focal"], saved["epoch"]) == (
+        0.2,
+        3.0,
+        1,
+    )
+    assert RunConfig.load(run_dir / "config.json") == RunConfig.from_dict(saved["config"])
+    capsys.readouterr()
+
+    assert train_script.main(["--resume", str(run_dir), "--lr", "0.5", *common]) == 2
+    assert "--lr 0.5 (the checkpoint has 0.001)" in capsys.readouterr().err
+    assert train_script.main(["--resume", str(run_dir), "--epochs", "2", *common]) == 0
+    assert load_checkpoint(run_dir)["epoch"] == 2 and not (tmp_path / "runs" / "run_1").exists()
+
+    assert test_script.main(["--checkpoint", str(run_dir), "--head", "standard", *common]) == 2
+    assert "--head 'standard'" in capsys.readouterr().err
+    assert test_script.main(["--checkpoint", str(run_dir), "--head", "distance", *common]) == 0
+    assert "AUPR" in capsys.readouterr().out and (run_dir / "test_best.json").is_file()
+    with open(tmp_path / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and rows[0]["run"] == "run_0" and rows[0]["checkpoint"].endswith("best.pt")

@@ -12,6 +12,9 @@ from typing import Any
 
 LOSSES = ("ce", "ce+h", "fl", "fl+h")
 SCORES = ("msp", "maxlogit", "entropy", "energy")
+#: Every anomaly score `lib.scores` computes: SCORES need nothing but logits; ``sml`` needs
+#: statistics fitted on the training split, ``pans`` suits a cosine head, ``abet`` the AbeT head.
+ALL_SCORES = (*SCORES, "sml", "pans", "abet")
 DATASETS = ("synthetic", "streethazards")
 SCHEDULERS = ("plateau", "poly")
 OPTIMIZERS = ("adam", "sgd")
@@ -143,7 +146,8 @@ class RunConfig:
     eval_batch_size: int = 4
     """Test images per forward pass at full resolution."""
     scores: tuple[str, ...] = SCORES
-    """Anomaly scores to evaluate: msp, maxlogit, entropy, energy."""
+    """Anomaly scores to evaluate: msp, maxlogit, entropy, energy; also sml (standardized max logit,
+    statistics fitted on the training split before testing), pans (cosine head) and abet (AbeT head)."""
     miou_exclude: tuple[str, ...] = ()
     """Class names left out of mIoU (the seed left out 'pedestrian', absent from the test split)."""
     max_eval_images: int | None = None
@@ -176,7 +180,7 @@ class RunConfig:
         if self.pretrained_on is not None:
             _check_choice("pretrained_on", self.pretrained_on, PRETRAINED_SOURCES)
         for name in self.scores:
-            _check_choice("scores", name, SCORES)
+            _check_choice("scores", name, ALL_SCORES)
         if self.output_stride not in (8, 16):
             raise ValueError(f"output_stride must be 8 or 16, got {self.output_stride}")
         for name in ("epochs", "batch_size", "eval_batch_size", "n_train", "grad_accum_steps"):
@@ -229,11 +233,14 @@ def presets() -> dict[str, dict[str, Any]]:
     """Named settings on top of the defaults.
 
     - ``demo``: the README's main job, a few minutes on 2 CPU cores.
+    - ``grid``: the demo's data, shorter training; one run of the tuning / ablation grids
+      (``scripts/grids/``) in about a minute on 2 CPU cores.
     - ``tiny``: seconds; used by the tests and the notebook test.
     - ``streethazards``: the seed's setting on the real dataset (GPU).
     """
     return {
         "demo": dict(epochs=18),
+        "grid": dict(epochs=5),
         "tiny": dict(
             n_train=8,
             n_val=4,
@@ -267,7 +274,7 @@ FIELD_CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": OPTIMIZERS,
     "amp": AMP_MODES,
     "pretrained_on": PRETRAINED_SOURCES,
-    "scores": SCORES,
+    "scores": ALL_SCORES,
 }
 
 #: Flag spellings of scripts/train.py and scripts/test.py, so that the seed's command lines work
@@ -408,6 +415,7 @@ def _field_docs() -> dict[str, str]:
 __all__ = [
     "LOSSES",
     "SCORES",
+    "ALL_SCORES",
     "DATASETS",
     "SCHEDULERS",
     "OPTIMIZERS",

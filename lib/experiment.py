@@ -6,6 +6,7 @@ torchrun), ``scripts/main.py`` calls `run` (train, then evaluate on rank 0).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Callable, Mapping
@@ -30,7 +31,7 @@ from lib.data import (
     validate_split,
 )
 from lib.losses import SegmentationLoss
-from lib.test import EvaluationResult, evaluate, results_table
+from lib.test import EvaluationResult, evaluate, fit_sml_statistics, results_table
 from lib.train import fit, load_checkpoint
 from lib.utils import append_csv_row, atomic_write_bytes, next_run_dir, pick_device, seed_everything
 from network import build_model, load_pretrained
@@ -236,6 +237,38 @@ def _sharded_loader(
     )
 
 
+def evaluate_model(
+    cfg: RunConfig,
+    model: nn.Module,
+    test_loader: DataLoader,
+    *,
+    device: torch.device,
+    keep_examples: int = 0,
+    flip: bool = False,
+    scales: tuple[float, ...] = (1.0,),
+) -> EvaluationResult:
+    """`lib.test.evaluate` with the config's scores and classes; when ``sml`` is among the scores,
+    its statistics are first fitted on the (un-augmented) training split."""
+    sml_stats = None
+    if "sml" in cfg.scores:
+        train_set = StreetHazards(Path(cfg.data_root), "train")
+        loader = make_loader(
+            train_set,
+            batch_size=cfg.eval_batch_size,
+            shuffle=False,
+            num_workers=cfg.num_workers,
+            seed=cfg.seed,
+        )
+        sml_stats = fit_sml_statistics(
+            model, loader, num_classes=NUM_KNOWN_CLASSES, device=device, progress=cfg.progress
+        )
+    return evaluate(
+        model, test_loader, num_classes=NUM_KNOWN_CLASSES, device=device, score_names=cfg.scores,
+        miou_exclude=cfg.miou_exclude, flip=flip, scales=scales, sml_stats=sml_stats,
+        keep_examples=keep_examples, progress=cfg.progress,
+    )  # fmt: skip
+
+
 def results_row(cfg: RunConfig, result: EvaluationResult, *, run_dir: Path, seconds: float) -> dict[str, Any]:
     """One CSV row: run, data, commit, wall time, every config field and every metric (percent)."""
     config = {k: " ".join(map(str, v)) if isinstance(v, tuple) else v for k, v in cfg.to_dict().items()}
@@ -325,16 +358,22 @@ def train(
 
 
 def run(
-    cfg: RunConfig, *, keep_examples: int = 3, resume: str | Path | Mapping[str, Any] | None = None
+    cfg: RunConfig,
+    *,
+    keep_examples: int = 3,
+    resume: str | Path | Mapping[str, Any] | None = None,
+    results_csv: str | None = "results.csv",
 ) -> dict[str, Any]:
     """Data, model, training, evaluation, and every output file of one run.
 
-    Writes under ``cfg.out_dir``: ``runs/<name>/{config.json,best.pt,last.pt,history.csv,*.png}``
-    and one row in ``results.csv``. Prints the results table. Under torchrun every process trains
-    and rank 0 alone evaluates.
+    Writes under ``cfg.out_dir``: ``runs/<name>/{config.json,best.pt,last.pt,history.csv,metrics.json,
+    *.png}`` and one row in ``results.csv``. Prints the results table. Under torchrun every process
+    trains and rank 0 alone evaluates.
 
     Args:
         resume: continue an interrupted run (see `train`) before evaluating it.
+        results_csv: file name under ``cfg.out_dir`` that gets the row; None: no file (the grid
+            runner, `lib.grid`, writes its own).
 
     Returns:
         The results row (config fields, metrics in percent, run folder, wall time); on ranks other
@@ -344,16 +383,19 @@ def run(
     trained = train(cfg, resume=resume)
     if not distributed.is_main():
         return {"run_dir": str(trained.run_dir)}
-    result = evaluate(
-        trained.model, trained.loaders["test"], num_classes=NUM_KNOWN_CLASSES, device=trained.device,
-        score_names=cfg.scores, miou_exclude=cfg.miou_exclude, keep_examples=keep_examples,
-        progress=cfg.progress,
-    )  # fmt: skip
+    result = evaluate_model(
+        cfg, trained.model, trained.loaders["test"], device=trained.device, keep_examples=keep_examples
+    )
     save_figures(result, trained.history, cfg, trained.run_dir)
+    atomic_write_bytes(trained.run_dir / "metrics.json", json.dumps(result.metrics, indent=2).encode())
     seconds = time.perf_counter() - start
     row = results_row(cfg, result, run_dir=trained.run_dir, seconds=seconds)
-    append_csv_row(Path(cfg.out_dir) / "results.csv", row)
+    if results_csv is not None:
+        append_csv_row(Path(cfg.out_dir) / results_csv, row)
     print(f"\nResults on the {cfg.dataset} test split ({result.num_images} images, {seconds:.0f} s):")
     print(results_table(result.metrics, cfg.scores))
-    print(f"\nrun folder: {trained.run_dir}   results row: {Path(cfg.out_dir) / 'results.csv'}")
+    print(
+        f"\nrun folder: {trained.run_dir}"
+        + (f"   results row: {Path(cfg.out_dir) / results_csv}" if results_csv else "")
+    )
     return {**row, "run_dir": str(trained.run_dir)}

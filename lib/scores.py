@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from lib.config import SCORES
+from lib.config import ALL_SCORES, SCORES
 
-#: Every score this module computes (``SCORES``, the default set, needs nothing but logits).
-ALL_SCORES: tuple[str, ...] = (*SCORES, "sml", "pans", "abet")
 PANS_SCALE = 10.0
 
 

@@ -35,6 +35,7 @@ from lib.metrics import (
     best_f1_threshold,
 )
 from lib.scores import SMLStatistics, compute_scores
+from network import forward_with_extras
 
 PROTOCOLS = ("pooled", "per-image")
 
@@ -165,6 +166,8 @@ def evaluate(
         flip, scales, window: test-time augmentation and sliding-window inference
             (see `predict_logits`); the defaults run each image once, whole.
         sml_stats: training-split statistics for the ``sml`` score (`fit_sml_statistics`).
+            The ``abet`` score asks the model for its untempered logits in the same forward
+            (`network.forward_with_extras`).
         component_scores: scores that also get the SegmentMeIfYouCan component metrics
             (``ood/<score>/{sIoU,PPV,mean_F1}/components``) at their best-F1 pooled pixel
             threshold. The threshold is known only once every pixel has been seen, so their
@@ -204,18 +207,22 @@ def evaluate(
     if unknown:
         raise ValueError(f"component_scores {unknown} must be among score_names {list(score_names)}")
     stores = {name: _MapStore() for name in component_scores}
+    forward = _WithUntemperedLogits(model) if "abet" in score_names else model
     total = len(batches) if hasattr(batches, "__len__") else None
     for images, masks in tqdm(batches, total=total, desc="evaluate", disable=not progress, leave=False):
         images = images.to(device, non_blocking=True)
         masks = masks.to(device, non_blocking=True)
-        logits = predict_logits(model, normalize(images), flip=flip, scales=scales, window=window)
+        logits = predict_logits(forward, normalize(images), flip=flip, scales=scales, window=window)
+        extras = {}
+        if "abet" in score_names:  # one forward gave [tempered | untempered] logits
+            logits, extras["untempered_logits"] = logits.chunk(2, dim=1)
         prediction = logits.max(dim=1).indices  # max(dim) is ~4x faster than argmax(dim) on CPU
         # Anomaly pixels are not a known class: they count for the anomaly metrics only.
         known_target = torch.where(masks == anomaly_id, torch.full_like(masks, IGNORE_INDEX), masks)
         confusion.update(prediction, known_target)
         counted = (masks != IGNORE_INDEX) & ~torch.isin(masks, ignored_ids)
         is_anomaly = masks == anomaly_id
-        scores = compute_scores(logits, tuple(score_names), sml_stats=sml_stats)
+        scores = compute_scores(logits, tuple(score_names), sml_stats=sml_stats, extras=extras)
         for name, score in scores.items():
             if "pooled" in protocols:
                 anomaly[name].update(score, is_anomaly, counted)
@@ -251,6 +258,20 @@ def evaluate(
             metrics[f"ood/{name}/{key}/components"] = 100.0 * values[key]
         metrics[f"ood/{name}/threshold/components"] = values["threshold"]
     return EvaluationResult(metrics, anomaly, confusion, examples, num_images)
+
+
+class _WithUntemperedLogits(nn.Module):
+    """Logits and the AbeT head's untempered logits from one forward, concatenated on the class
+    dimension, so test-time augmentation and tiling treat both alike. A model without them
+    (``lib.scores``: the ``abet`` score is then energy) repeats its logits."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = forward_with_extras(self.model, x)
+        return torch.cat([out["logits"], out.get("untempered_logits", out["logits"])], dim=1)
 
 
 @torch.no_grad()

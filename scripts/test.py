@@ -26,15 +26,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lib.cli import script_parser  # noqa: E402
 from lib.config import SEED_FLAG_NOTES, SEED_FLAGS, add_config_arguments  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0],
-        epilog=__doc__.split("\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = script_parser(__doc__)
     parser.add_argument(
         "--checkpoint",
         metavar="PATH_OR_RUN_DIR",
@@ -58,11 +55,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from lib.classes import NUM_KNOWN_CLASSES
     from lib.config import config_with_overrides, given_fields
     from lib.data import DatasetError, make_loader
-    from lib.experiment import make_datasets, make_model, prepare_data, results_row
-    from lib.test import evaluate, results_table
+    from lib.experiment import evaluate_model, make_datasets, make_model, prepare_data, results_row
+    from lib.test import results_table
     from lib.train import load_checkpoint
     from lib.utils import append_csv_row, atomic_write_bytes, pick_device, seed_everything
 
@@ -89,10 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     model = make_model(cfg, initial_weights=False)
     model.load_state_dict(checkpoint["model"])
-    result = evaluate(
-        model.to(device), loader, num_classes=NUM_KNOWN_CLASSES, device=device, score_names=cfg.scores,
-        miou_exclude=cfg.miou_exclude, flip=args.flip, scales=tuple(args.scales), progress=cfg.progress,
-    )  # fmt: skip
+    result = evaluate_model(
+        cfg, model.to(device), loader, device=device, flip=args.flip, scales=tuple(args.scales)
+    )
     seconds = time.perf_counter() - start
     row = {
         **results_row(cfg, result, run_dir=path.parent, seconds=seconds),

@@ -115,3 +115,11 @@ def test_overrides_allow_runtime_fields_and_name_the_others():
     with pytest.raises(ValueError, match=r"resuming run_0: --lr 0.1 \(the checkpoint has 0.001\); --head"):
         config_with_overrides(saved, {"lr": 0.1, "head": "standard", "epochs": 5}, purpose="resuming run_0")
     assert set(RUNTIME_FIELDS) <= {f for f in RunConfig().to_dict()}
+
+
+def test_every_score_is_a_valid_choice():
+    from lib.config import ALL_SCORES
+
+    assert RunConfig(scores=ALL_SCORES).scores == ALL_SCORES
+    with pytest.raises(ValueError, match="scores='odin'.*abet"):
+        RunConfig(scores=("msp", "odin"))

@@ -1,6 +1,7 @@
 """The whole path on tiny synthetic data: generate, train a few steps, evaluate, write files."""
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -34,9 +35,16 @@ def test_run_writes_checkpoint_csv_and_figures(tmp_path):
             value = float(rows[0][f"ood/{score}/{metric}/pooled"])
             assert 0.0 <= value <= 100.0
     assert 0.0 <= float(rows[0]["seg/mIoU"]) <= 100.0
-    # A second run gets its own folder and its own row.
-    run(cfg.replace(epochs=1), keep_examples=0)
+    # A second run gets its own folder and its own row; scores beyond the default four work too
+    # (sml fits its statistics on the training split first).
+    second = run(cfg.replace(epochs=1, scores=("entropy", "sml", "pans", "abet")), keep_examples=0)
     assert sorted(p.name for p in (tmp_path / "ckpts" / "runs").iterdir()) == ["run_0", "run_1"]
+    metrics = json.loads((Path(second["run_dir"]) / "metrics.json").read_text())
+    for score in ("sml", "pans", "abet"):
+        assert 0.0 <= metrics[f"ood/{score}/AUPR/pooled"] <= 100.0
+        assert second[f"ood/{score}/AUROC/per-image"] == pytest.approx(
+            metrics[f"ood/{score}/AUROC/per-image"], abs=1e-4
+        )
 
 
 @pytest.mark.slow

@@ -18,7 +18,6 @@ Prints images/s per pipeline and worker count, and the ratio ours / seed. Exampl
 
 from __future__ import annotations
 
-import argparse
 import random
 import statistics
 import sys
@@ -34,6 +33,7 @@ from torchvision.transforms import functional as TF
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lib.cli import script_parser  # noqa: E402
 from lib.data import IMAGENET_MEAN, IMAGENET_STD, StreetHazards, make_loader, train_transforms  # noqa: E402
 
 
@@ -101,7 +101,7 @@ def seed_loader(dataset: Dataset, *, batch_size: int, num_workers: int, seed: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = script_parser(__doc__)
     parser.add_argument(
         "--root", default="data/bench_streethazards", help="dataset folder (generated if absent)"
     )

@@ -14,7 +14,6 @@ wall time of a full evaluation (4 scores + mIoU) divided by the model's forward 
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import resource
 import sys
@@ -25,6 +24,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lib.cli import script_parser  # noqa: E402
 
 METHODS = ("ours", "torchmetrics-exact", "torchmetrics-binned", "sklearn")
 
@@ -169,8 +170,7 @@ def evaluation_overhead(images: int, height: int, width: int) -> dict[str, float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = script_parser(__doc__)
     parser.add_argument("--images", type=int, default=12, help="images streamed per method (default: 12)")
     parser.add_argument("--height", type=int, default=720, help="image height in pixels (default: 720)")
     parser.add_argument("--width", type=int, default=1280, help="image width in pixels (default: 1280)")

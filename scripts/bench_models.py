@@ -26,15 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from lib.cli import script_parser  # noqa: E402
 from network import ARCH_NAMES, HEAD_NAMES, build_model, count_parameters, model_grid  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0],
-        epilog=__doc__.split("\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = script_parser(__doc__)
     parser.add_argument("--height", type=int, default=512, help="input height (default: 512)")
     parser.add_argument("--width", type=int, default=1024, help="input width (default: 1024)")
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward (default: 1)")

@@ -37,6 +37,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lib.cli import script_parser  # noqa: E402
 from network import build_model  # noqa: E402
 
 SMP_ENCODERS = {"mobilenet_v2": "mobilenet_v2", "resnet50": "resnet50", "resnet101": "resnet101"}
@@ -44,11 +45,7 @@ NUM_CLASSES = 13
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0],
-        epilog=__doc__.split("\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = script_parser(__doc__)
     parser.add_argument(
         "--backbones", nargs="+", default=["mobilenet_v2", "resnet101"], choices=sorted(SMP_ENCODERS)
     )

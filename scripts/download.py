@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lib.cli import script_parser  # noqa: E402
 from lib.download import (  # noqa: E402
     STREETHAZARDS_BASE_URL,
     STREETHAZARDS_COUNTS,
@@ -28,11 +29,7 @@ from lib.download import (  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0],
-        epilog=__doc__.split("\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = script_parser(__doc__)
     sub = parser.add_subparsers(dest="what", required=True)
     sh = sub.add_parser(
         "streethazards", help="StreetHazards tars: download, MD5 check, extract, count images"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lib.cli import script_parser  # noqa: E402
 from lib.config import RunConfig  # noqa: E402
 from lib.synthetic import generate_streethazards  # noqa: E402
 
@@ -27,11 +28,7 @@ from lib.synthetic import generate_streethazards  # noqa: E402
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = RunConfig()
     height, width = defaults.image_size
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0],
-        epilog=__doc__.split("\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = script_parser(__doc__)
     parser.add_argument(
         "--root",
         default="data/synthetic",

@@ -31,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lib import distributed  # noqa: E402
+from lib.cli import script_parser  # noqa: E402
 from lib.config import (  # noqa: E402
     SEED_FLAG_NOTES,
     SEED_FLAGS,
@@ -44,11 +45,7 @@ from lib.config import (  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0],
-        epilog=__doc__.split("\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = script_parser(__doc__)
     parser.add_argument(
         "--preset",
         choices=sorted(presets()),

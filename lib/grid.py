@@ -1,0 +1,462 @@
+"""Grids of runs: every combination of a few config fields, each a normal run, one CSV row each.
+
+The tuning and ablation studies are grids: ``scripts/grids/tuning.toml`` crosses the entropy
+weight with the focal gamma, ``scripts/grids/ablation.toml`` crosses loss, class weights and head.
+A grid is a small TOML file (or a `Grid` built in a notebook):
+
+.. code-block:: toml
+
+    name = "tuning"               # rows go to <out_dir>/tuning.csv, runs to <out_dir>/runs/tuning_*
+    preset = "grid"               # lib.config.presets(); [base] then overrides it
+    seeds = [0, 1]                # every combination once per seed (mean and std in the summary)
+    protocol = "pooled"           # which anomaly protocol fills the score columns
+
+    [base]                        # fixed RunConfig fields
+    loss = "fl+h"
+
+    [params]                      # RunConfig field -> values to cross
+    entropy_weight = [1.0, 0.1]
+    gamma_focal = [1.0, 2.0]
+
+`run_grid` runs the combinations that have no row yet, in order, and appends each finished run's
+row to the CSV in one atomic write (`lib.utils.append_csv_row`), so the file is never half
+written. Killed at any moment, it is simply started again: combinations with a row are skipped,
+the interrupted one continues from its last epoch checkpoint (``last.pt``; a run killed before its
+first checkpoint starts over), and the rest follow. One runner per CSV at a time.
+
+Rows keep the StreetHazards reference project's columns (mIoU, minIoU, maxIoU, the AUPR of each
+score under its short name - msp, maxlog, entropy, energy -, loss, entropy_weight, gamma_focal,
+class_weights, backbone, dataset = the pretraining source, head) and add AUROC and FPR95 per score
+(``<score>_AUROC``, ``<score>_FPR95``), the protocol, the data evaluated, seed, epochs, wall time,
+commit, and every other field the grid varies. Values are percentages.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import math
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from lib.config import RunConfig, presets
+from lib.utils import append_csv_row, atomic_write_bytes
+
+#: Short column names of the reference project's CSVs (other scores keep their own name).
+SCORE_COLUMNS = {"maxlogit": "maxlog"}
+#: Config fields that are columns of every row, in the reference project's order.
+CONFIG_COLUMNS = ("loss", "entropy_weight", "gamma_focal", "class_weights", "backbone", "dataset", "head")
+
+
+def score_column(score: str) -> str:
+    """CSV column of a score's AUPR: ``maxlogit`` -> ``maxlog``, others unchanged."""
+    return SCORE_COLUMNS.get(score, score)
+
+
+@dataclass(frozen=True)
+class GridRun:
+    """One combination of a grid, for one seed."""
+
+    name: str
+    values: dict[str, Any]
+    seed: int
+    config: RunConfig
+
+
+@dataclass
+class Grid:
+    """A grid of runs over `RunConfig` fields.
+
+    Attributes:
+        name: the CSV is ``<out_dir>/<name>.csv``; run folders are ``runs/<name>_<values>_seed<s>``.
+        params: RunConfig field -> list of values; every combination is run (in the order of the
+            lists, the last field varying fastest).
+        base: fixed RunConfig fields on top of the preset.
+        preset: a name from `lib.config.presets` (None: the RunConfig defaults).
+        seeds: training seeds; each combination is run once per seed.
+        protocol: anomaly protocol of the score columns: ``pooled`` or ``per-image``.
+    """
+
+    name: str
+    params: dict[str, list[Any]]
+    base: dict[str, Any] = field(default_factory=dict)
+    preset: str | None = "grid"
+    seeds: Sequence[int] = (0,)
+    protocol: str = "pooled"
+
+    def __post_init__(self) -> None:
+        self.params = {k: list(v) if isinstance(v, list | tuple) else [v] for k, v in self.params.items()}
+        self.seeds = tuple(int(s) for s in self.seeds)
+        if not self.name or not all(c.isalnum() or c in "-_" for c in self.name):
+            raise ValueError(f"grid name {self.name!r} must be letters, digits, '-' or '_' (it names files)")
+        if self.preset is not None and self.preset not in presets():
+            raise ValueError(
+                f"grid {self.name}: preset {self.preset!r} is unknown; choose one of {sorted(presets())}"
+            )
+        if self.protocol not in ("pooled", "per-image"):
+            raise ValueError(
+                f"grid {self.name}: protocol must be 'pooled' or 'per-image', got {self.protocol!r}"
+            )
+        if not self.seeds:
+            raise ValueError(f"grid {self.name}: give at least one seed")
+        fields = set(RunConfig.__dataclass_fields__)
+        for key in (*self.params, *self.base):
+            if key not in fields:
+                raise ValueError(
+                    f"grid {self.name}: {key!r} is not a RunConfig field; valid: {sorted(fields)}"
+                )
+        for key in ("seed", "run_name"):
+            if key in self.params or key in self.base:
+                raise ValueError(f"grid {self.name}: {key!r} is set by the runner (use 'seeds' for seeds)")
+        empty = [k for k, v in self.params.items() if not v]
+        if empty:
+            raise ValueError(f"grid {self.name}: parameter(s) {empty} have no values")
+        self.runs()  # every combination must make a valid config: fail now, not after hours
+
+    @classmethod
+    def load(cls, path: str | Path) -> Grid:
+        """Read a grid from a TOML file (see the module docstring).
+
+        Raises:
+            ValueError: unknown keys, or a value RunConfig rejects; names the file.
+        """
+        path = Path(path)
+        try:
+            spec = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"{path} is not valid TOML: {err}") from err
+        unknown = sorted(set(spec) - {"name", "params", "base", "preset", "seeds", "protocol"})
+        if unknown:
+            raise ValueError(
+                f"{path}: unknown key(s) {unknown}; a grid has name, preset, seeds, protocol, [base], [params]"
+            )
+        spec.setdefault("name", path.stem)
+        if "params" not in spec:
+            raise ValueError(f"{path}: a grid needs a [params] table (RunConfig field = [values])")
+        try:
+            return cls(**spec)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path}: {err}") from err
+
+    def runs(self, **overrides: Any) -> list[GridRun]:
+        """Every combination x seed, as configs.
+
+        Args:
+            overrides: RunConfig fields applied last (e.g. ``out_dir``, ``device``, ``progress``).
+        """
+        keys = list(self.params)
+        base = {**(presets()[self.preset] if self.preset else {}), **self.base, **overrides}
+        out = []
+        for combo in itertools.product(*(self.params[k] for k in keys)):
+            values = dict(zip(keys, combo, strict=True))
+            for seed in self.seeds:
+                name = "_".join([self.name, *(f"{k}={_slug(v)}" for k, v in values.items()), f"seed{seed}"])
+                cfg = RunConfig.from_dict({**base, **values, "seed": seed, "run_name": name})
+                out.append(GridRun(name, values, seed, cfg))
+        return out
+
+
+def _slug(value: Any) -> str:
+    text = " ".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+    return "".join(c if c.isalnum() or c in ".+-" else "-" for c in text)
+
+
+def grid_row(grid: Grid, item: GridRun, row: Mapping[str, Any]) -> dict[str, Any]:
+    """The CSV row of one finished run, from `lib.experiment.run`'s results row."""
+    cfg, p = item.config, grid.protocol
+    out: dict[str, Any] = {
+        "run": item.name,
+        "mIoU": row["seg/mIoU"],
+        "minIoU": row["seg/minIoU"],
+        "maxIoU": row["seg/maxIoU"],
+    }
+    for score in cfg.scores:
+        out[score_column(score)] = row[f"ood/{score}/AUPR/{p}"]
+    for score in cfg.scores:
+        out[f"{score_column(score)}_AUROC"] = row[f"ood/{score}/AUROC/{p}"]
+        out[f"{score_column(score)}_FPR95"] = row[f"ood/{score}/FPR95/{p}"]
+    for name in CONFIG_COLUMNS:
+        value = (cfg.pretrained_on or "none") if name == "dataset" else getattr(cfg, name)
+        out[name] = value
+    for name, value in item.values.items():
+        out.setdefault(name, " ".join(map(str, value)) if isinstance(value, list | tuple) else value)
+    out.update(
+        protocol=p,
+        data=row["data"],
+        anomaly_pixel_share=row["ood/anomaly_pixel_share"],
+        seed=item.seed,
+        epochs=cfg.epochs,
+        wall_seconds=row["wall_seconds"],
+        commit=row["commit"],
+    )
+    return out
+
+
+def read_rows(path: str | Path) -> list[dict[str, str]]:
+    """Rows of a grid CSV ([] when it does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def run_grid(
+    grid: Grid,
+    *,
+    out_dir: str | Path | None = None,
+    keep_examples: int = 2,
+    dry_run: bool = False,
+    **overrides: Any,
+) -> list[dict[str, str]]:
+    """Run every combination of `grid` that has no row yet; return all its rows.
+
+    Args:
+        out_dir: where ``<name>.csv`` and ``runs/`` go (default: the config's ``out_dir``, ckpts).
+        keep_examples: qualitative panels written per run.
+        dry_run: print what would run, run nothing.
+        overrides: RunConfig fields applied to every run; only fields that do not change training
+            (`lib.config.RUNTIME_FIELDS`, e.g. device, num_workers, progress) keep a resumed run
+            consistent with its checkpoint.
+
+    Returns:
+        The CSV's rows (str values) belonging to this grid, in grid order.
+    """
+    from lib.experiment import run  # the training stack is imported only when a grid runs
+
+    if out_dir is not None:
+        overrides["out_dir"] = str(out_dir)
+    items = grid.runs(**overrides)
+    out = Path(items[0].config.out_dir)
+    csv_path = out / f"{grid.name}.csv"
+    done = {r["run"] for r in read_rows(csv_path)}
+    todo = [item for item in items if item.name not in done]
+    print(
+        f"grid {grid.name}: {len(items)} runs, {len(items) - len(todo)} done, {len(todo)} to run -> {csv_path}"
+    )
+    for i, item in enumerate(todo, start=1):
+        run_dir = out / "runs" / item.name
+        resume = None
+        if (run_dir / "last.pt").is_file():
+            resume = run_dir
+        note = "continuing from its last checkpoint" if resume else "new"
+        print(f"\n[{i}/{len(todo)}] {item.name} ({note})")
+        if dry_run:
+            continue
+        if resume is None and run_dir.exists():
+            shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing worth keeping
+        row = run(item.config, keep_examples=keep_examples, resume=resume, results_csv=None)
+        append_csv_row(csv_path, grid_row(grid, item, row))
+    names = [item.name for item in items]
+    rows = {r["run"]: r for r in read_rows(csv_path)}
+    result = [rows[n] for n in names if n in rows]
+    if result and not dry_run:
+        summary = summarize(grid, result)
+        _write_csv(out / f"{grid.name}_summary.csv", summary)
+        plot_grid(grid, result, out, summary=summary)
+    return result
+
+
+def metric_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Result columns of grid rows (mIoU, min/max IoU, per-score AUPR / AUROC / FPR95)."""
+    if not rows:
+        return []
+    skip = {"run", "protocol", "data", "seed", "epochs", "wall_seconds", "commit", *CONFIG_COLUMNS}
+    return [k for k in rows[0] if k not in skip and _is_number(rows[0][k])]
+
+
+def summarize(grid: Grid, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and sample standard deviation over seeds of every metric column, per combination.
+
+    Returns one dict per combination: the grid's parameters, ``n`` (seeds with a row), and
+    ``<metric>`` (mean) plus ``<metric>_std`` (empty with a single seed).
+    """
+    columns = [c for c in metric_columns(rows) if c not in grid.params]
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(str(row[k]) for k in grid.params), []).append(row)
+    out = []
+    for key, members in groups.items():
+        entry: dict[str, Any] = dict(zip(grid.params, key, strict=True))
+        entry["n"] = len(members)
+        for column in columns:
+            values = [float(m[column]) for m in members]
+            mean = sum(values) / len(values)
+            entry[column] = round(mean, 4)
+            if len(values) > 1:
+                var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+                entry[f"{column}_std"] = round(math.sqrt(var), 4)
+            else:
+                entry[f"{column}_std"] = ""
+        out.append(entry)
+    return out
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return not isinstance(value, bool) and str(value).lower() not in ("true", "false")
+
+
+def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    import io
+
+    header: list[str] = []
+    for row in rows:
+        header += [k for k in row if k not in header]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=header)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buffer.getvalue().encode())
+
+
+def setting_label(grid: Grid, row: Mapping[str, Any]) -> str:
+    """Short label of a combination: its varied values ("distance, fl+h, True")."""
+    return ", ".join(f"{k}={row[k]}" for k in grid.params)
+
+
+def plot_grid(
+    grid: Grid,
+    rows: Sequence[Mapping[str, Any]],
+    out_dir: str | Path,
+    *,
+    summary: Sequence[Mapping[str, Any]] | None = None,
+) -> list[Path]:
+    """Write the grid's figures next to its CSV and return their paths.
+
+    - ``<name>_aupr.png``: AUPR of each score per combination (mean over seeds, error bars = std),
+      with mIoU beside it;
+    - ``<name>_heatmap.png`` (grids over exactly two fields): AUPR of each score over the two;
+    - ``<name>_loss.png``: validation loss per epoch of every run (from its ``history.csv``).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    summary = list(summary if summary is not None else summarize(grid, rows))
+    scores = [c for c in metric_columns(rows) if f"{c}_AUROC" in rows[0]]
+    paths = []
+    fig = plot_grid_bars(grid, summary, scores)
+    paths.append(out_dir / f"{grid.name}_aupr.png")
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
+    if len(grid.params) == 2:
+        fig = plot_grid_heatmap(grid, summary, scores)
+        paths.append(out_dir / f"{grid.name}_heatmap.png")
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+    fig = plot_grid_losses(rows, out_dir / "runs")
+    if fig is not None:
+        paths.append(out_dir / f"{grid.name}_loss.png")
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+    return paths
+
+
+def plot_grid_bars(grid: Grid, summary: Sequence[Mapping[str, Any]], scores: Sequence[str]):
+    """Grouped bars: AUPR of each score per combination (std error bars), and mIoU; the Figure."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels = [setting_label(grid, s) for s in summary]
+    height = 1.2 + 0.45 * len(summary) * max(1, len(scores)) / 2
+    fig, (ax, ax_iou) = plt.subplots(
+        1, 2, figsize=(13, height), gridspec_kw={"width_ratios": [3, 1]}, sharey=True, constrained_layout=True
+    )
+    y = np.arange(len(summary))
+    bar = 0.8 / max(1, len(scores))
+    for j, score in enumerate(scores):
+        means = [float(s[score]) for s in summary]
+        stds = [float(s[f"{score}_std"]) if s.get(f"{score}_std") not in ("", None) else 0.0 for s in summary]
+        bars = ax.barh(y + (j - (len(scores) - 1) / 2) * bar, means, bar, xerr=stds, label=score, capsize=2)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"AUPR (%, {grid.protocol}) - higher is better")
+    ax.legend(fontsize=8, loc="lower right")
+    means = [float(s["mIoU"]) for s in summary]
+    stds = [float(s["mIoU_std"]) if s.get("mIoU_std") not in ("", None) else 0.0 for s in summary]
+    bars = ax_iou.barh(y, means, 0.6, xerr=stds, color="#8c8c8c", capsize=2)
+    ax_iou.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+    ax_iou.set_xlabel("mIoU (%)")
+    n = sorted({int(s["n"]) for s in summary})
+    fig.suptitle(f"grid '{grid.name}': mean over {'/'.join(map(str, n))} seed(s), bars = std")
+    return fig
+
+
+def plot_grid_heatmap(grid: Grid, summary: Sequence[Mapping[str, Any]], scores: Sequence[str]):
+    """One heatmap per score over a two-field grid (rows: first field, columns: second); the Figure."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    first, second = grid.params
+    rows_v = [str(v) for v in grid.params[first]]
+    cols_v = [str(v) for v in grid.params[second]]
+    panels = [*scores, "mIoU"]
+    fig, axes = plt.subplots(
+        1,
+        len(panels),
+        figsize=(3.2 * len(panels), 0.5 * len(rows_v) + 2),
+        constrained_layout=True,
+        squeeze=False,
+    )
+    for ax, column in zip(axes[0], panels, strict=True):
+        grid_values = np.full((len(rows_v), len(cols_v)), np.nan)
+        for s in summary:
+            grid_values[rows_v.index(str(s[first])), cols_v.index(str(s[second]))] = float(s[column])
+        ax.imshow(grid_values, cmap="viridis")
+        for (i, j), v in np.ndenumerate(grid_values):
+            if not np.isnan(v):
+                ax.text(j, i, f"{v:.1f}", ha="center", va="center", color="white", fontsize=8)
+        ax.set_xticks(range(len(cols_v)), cols_v)
+        ax.set_yticks(range(len(rows_v)), rows_v)
+        ax.set_xlabel(second)
+        ax.set_ylabel(first)
+        ax.set_title("mIoU (%)" if column == "mIoU" else f"{column} AUPR (%)")
+    fig.suptitle(f"grid '{grid.name}' ({grid.protocol}); brighter = higher")
+    return fig
+
+
+def plot_grid_losses(rows: Sequence[Mapping[str, Any]], runs_dir: Path):
+    """Validation loss per epoch of every run with a ``history.csv``; the Figure, or None."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4), constrained_layout=True)
+    drawn = 0
+    for row in rows:
+        history = read_rows(runs_dir / row["run"] / "history.csv")
+        if history:
+            ax.plot([int(h["epoch"]) for h in history], [float(h["val_loss"]) for h in history],
+                    marker=".", linewidth=1, label=row["run"].split("_", 1)[-1])  # fmt: skip
+            drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set(xlabel="epoch", ylabel="validation loss", title="validation loss of every run")
+    ax.set_yscale("log")
+    if drawn <= 16:
+        ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return fig
+
+
+__all__ = [
+    "Grid",
+    "GridRun",
+    "grid_row",
+    "metric_columns",
+    "plot_grid",
+    "read_rows",
+    "run_grid",
+    "score_column",
+    "summarize",
+]

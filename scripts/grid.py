@@ -1,0 +1,112 @@
+"""Run a grid of trainings + evaluations (tuning, ablation) into one CSV; safe to kill and restart.
+
+Examples:
+    python scripts/grid.py scripts/grids/tuning.toml              # entropy weight x focal gamma
+    python scripts/grid.py scripts/grids/ablation.toml --device cuda --num-workers 8
+    python scripts/grid.py scripts/grids/ablation.toml --dry-run  # list the runs still to do
+    python scripts/grid.py scripts/grids/tuning.toml --set epochs=2 --set n_train=40 --out-dir /tmp/try
+
+A grid file (TOML) names a preset, fixed fields ([base]), the fields to cross ([params]) and the
+seeds; see lib/grid.py. Each finished run appends one row to <out-dir>/<name>.csv (written
+atomically); killed and started again, the runner skips the rows already there and continues
+the interrupted run from its last epoch checkpoint. After the last run it writes
+<name>_summary.csv (mean and std over seeds) and the figures <name>_aupr.png, <name>_heatmap.png
+(two-field grids) and <name>_loss.png next to the CSV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import tomllib
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lib.cli import script_parser  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = script_parser(__doc__)
+    parser.add_argument("grid", type=Path, help="grid file (TOML), e.g. scripts/grids/tuning.toml")
+    parser.add_argument(
+        "--out-dir", default=None, help="where <name>.csv and runs/ go (default: the config's, ckpts)"
+    )
+    parser.add_argument("--data-root", default=None, help="dataset folder (default: the preset's)")
+    parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument(
+        "--num-workers", type=int, default=None, help="DataLoader workers per run (default: the preset's)"
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=None, help="replace the grid's seeds, e.g. --seeds 0 1 2"
+    )
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="fix a RunConfig field for every run; VALUE in TOML syntax (--set epochs=4, --set amp=bf16; "
+        "bare words are strings); repeatable. Runs that already have a row keep it: to redo them with "
+        "another training setting, delete their rows and run folders (or use another --out-dir)",
+    )
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="tqdm progress bars (default: on)",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="list the runs that would run, run nothing")
+    return parser.parse_args(argv)
+
+
+def parse_setting(text: str) -> tuple[str, object]:
+    """``FIELD=VALUE`` -> (field, value): VALUE read as TOML, else kept as a string."""
+    field, sep, value = text.partition("=")
+    if not sep or not field.strip():
+        raise ValueError(f"--set {text!r}: expected FIELD=VALUE, e.g. --set epochs=4")
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    return field.strip(), parsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from lib.data import DatasetError
+    from lib.grid import Grid, run_grid
+
+    try:
+        grid = Grid.load(args.grid)
+        base = dict(grid.base)
+        base.update(parse_setting(s) for s in args.settings)
+        grid = Grid(grid.name, grid.params, base, grid.preset, args.seeds or grid.seeds, grid.protocol)
+    except FileNotFoundError:
+        print(f"error: grid file {args.grid} not found (see scripts/grids/ for examples)", file=sys.stderr)
+        return 2
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    runtime = {
+        "data_root": args.data_root,
+        "device": args.device,
+        "num_workers": args.num_workers,
+        "progress": args.progress,
+    }
+    try:
+        run_grid(
+            grid,
+            out_dir=args.out_dir,
+            dry_run=args.dry_run,
+            **{k: v for k, v in runtime.items() if v is not None},
+        )
+    except (DatasetError, FileNotFoundError, ValueError) as err:
+        print(f"\nerror: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

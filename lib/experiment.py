@@ -139,30 +139,54 @@ def make_criterion(cfg: RunConfig, train_set: StreetHazards) -> SegmentationLoss
 def save_figures(
     result: EvaluationResult, history: list[dict[str, float]], cfg: RunConfig, run_dir: Path
 ) -> list[Path]:
-    """Write the qualitative panels, the score bar plot and the loss curves as PNGs."""
+    """Write a run's figures as PNGs and return their paths.
+
+    ``example_<i>.png`` (image, ground truth, prediction, every score's anomaly map), ``scores.png``
+    (AUPR / AUROC / FPR95 per score), ``curves.png`` (PR and ROC), ``histograms.png`` (scores on
+    inliers vs anomalies), ``confusion.png``, ``iou_vs_share.png``, ``class_distribution.png``
+    (test split, anomaly included) and ``history.png`` (loss curves).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lib.utils import plot_example, plot_history, plot_score_bars
+    from lib.classes import ANOMALY_ID, STREETHAZARDS_CLASSES
+    from lib.data import plot_class_distribution
+    from lib.utils import (
+        plot_confusion_matrix,
+        plot_curves,
+        plot_example,
+        plot_history,
+        plot_iou_vs_share,
+        plot_score_bars,
+        plot_score_histograms,
+    )
 
-    paths = []
-    best_score = max(cfg.scores, key=lambda s: result.metrics[f"ood/{s}/AUPR/pooled"])
-    for i, ex in enumerate(result.examples):
-        fig = plot_example(ex.image, ex.target, ex.prediction, ex.scores[best_score], score_name=best_score)
-        paths.append(run_dir / f"example_{i}.png")
-        fig.savefig(paths[-1], dpi=100)
-        plt.close(fig)
-    title = f"{cfg.backbone}, {cfg.head} head, {cfg.loss} - {cfg.dataset} test split"
-    fig = plot_score_bars(result.metrics, cfg.scores, title=title)
-    paths.append(run_dir / "scores.png")
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    what = f"{cfg.backbone}, {cfg.head} head, {cfg.loss} - {cfg.dataset} test split"
+    known = STREETHAZARDS_CLASSES[:NUM_KNOWN_CLASSES]
+    counts = result.confusion.matrix.sum(dim=1).cpu()
+    anomaly_pixels = int(next(iter(result.anomaly.values())).pos_hist.sum()) if result.anomaly else 0
+    figures = {f"example_{i}": lambda ex=ex: plot_example(ex.image, ex.target, ex.prediction, ex.scores)
+               for i, ex in enumerate(result.examples)}  # fmt: skip
+    figures.update(
+        scores=lambda: plot_score_bars(result.metrics, cfg.scores, title=what),
+        curves=lambda: plot_curves(result.anomaly, title=what),
+        histograms=lambda: plot_score_histograms(result.anomaly, title=what),
+        confusion=lambda: plot_confusion_matrix(result.confusion.matrix, known),
+        iou_vs_share=lambda: plot_iou_vs_share(result.confusion.compute()["IoU"], counts, known),
+        class_distribution=lambda: plot_class_distribution(
+            [*counts.tolist(), anomaly_pixels], STREETHAZARDS_CLASSES[: ANOMALY_ID + 1],
+            title=f"{cfg.dataset} test split: labelled pixels per class", log_scale=True,
+        ),
+    )  # fmt: skip
     if history:
-        fig = plot_history(history)
-        paths.append(run_dir / "history.png")
-        fig.savefig(paths[-1], dpi=100)
+        figures["history"] = lambda: plot_history(history)
+    paths = []
+    for name, make in figures.items():
+        fig = make()
+        paths.append(run_dir / f"{name}.png")
+        fig.savefig(paths[-1], dpi=90)
         plt.close(fig)
     return paths
 

@@ -49,6 +49,8 @@ from lib.utils import append_csv_row, atomic_write_bytes
 
 #: Short column names of the reference project's CSVs (other scores keep their own name).
 SCORE_COLUMNS = {"maxlogit": "maxlog"}
+#: Per-run figures copied next to the CSV for the grid's best run.
+BEST_RUN_FIGURES = ("example_0", "curves", "histograms", "confusion", "iou_vs_share", "class_distribution")
 #: Config fields that are columns of every row, in the reference project's order.
 CONFIG_COLUMNS = ("loss", "entropy_weight", "gamma_focal", "class_weights", "backbone", "dataset", "head")
 
@@ -335,7 +337,9 @@ def plot_grid(
     - ``<name>_aupr.png``: AUPR of each score per combination (mean over seeds, error bars = std),
       with mIoU beside it;
     - ``<name>_heatmap.png`` (grids over exactly two fields): AUPR of each score over the two;
-    - ``<name>_loss.png``: validation loss per epoch of every run (from its ``history.csv``).
+    - ``<name>_loss.png``: validation loss per epoch of every run (from its ``history.csv``);
+    - ``<name>_best_<figure>.png``: the per-run figures (`lib.experiment.save_figures`) of the run
+      with the highest AUPR of any score, for each name in `BEST_RUN_FIGURES`.
     """
     import matplotlib
 
@@ -360,6 +364,15 @@ def plot_grid(
         paths.append(out_dir / f"{grid.name}_loss.png")
         fig.savefig(paths[-1], dpi=100)
         plt.close(fig)
+    best = max(rows, key=lambda r: max(float(r[s]) for s in scores))
+    for figure in BEST_RUN_FIGURES:
+        source = out_dir / "runs" / best["run"] / f"{figure}.png"
+        if source.is_file():
+            paths.append(out_dir / f"{grid.name}_best_{figure}.png")
+            atomic_write_bytes(paths[-1], source.read_bytes())
+    print(
+        f"figures of the best run ({best['run']}, highest AUPR of any score): {out_dir}/{grid.name}_best_*.png"
+    )
     return paths
 
 

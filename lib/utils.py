@@ -124,31 +124,135 @@ def plot_example(
     image: torch.Tensor,
     target: torch.Tensor,
     prediction: torch.Tensor,
-    anomaly_map: torch.Tensor,
+    anomaly_map: torch.Tensor | Mapping[str, torch.Tensor],
     *,
     score_name: str = "score",
     class_names: Sequence[str] = STREETHAZARDS_CLASSES,
 ):
-    """Image / ground truth / prediction / anomaly map in one row; returns the Figure."""
+    """Image, ground truth, prediction and the anomaly map of one score - or of each score when
+    ``anomaly_map`` maps score names to maps - four panels per row; returns the Figure.
+
+    Ground-truth anomalies are outlined in cyan on every anomaly map.
+    """
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.2), constrained_layout=True)
+    maps = dict(anomaly_map) if isinstance(anomaly_map, Mapping) else {score_name: anomaly_map}
+    n = 3 + len(maps)
+    cols = 4 if n > 4 else n
+    rows = -(-n // cols)
+    height, width = image.shape[-2:]
+    panel_h = 4.0 * height / width + 0.6
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(4 * cols, panel_h * rows), constrained_layout=True, squeeze=False
+    )
+    axes = axes.ravel()
     axes[0].imshow(image.permute(1, 2, 0).cpu().numpy())
     axes[0].set_title("image")
     axes[1].imshow(colorize(target))
     axes[1].set_title("ground truth (cyan = anomaly)")
     axes[2].imshow(colorize(prediction))
     axes[2].set_title("prediction")
-    shown = anomaly_map.float().cpu().numpy()
-    im = axes[3].imshow(shown, cmap="inferno")
-    axes[3].set_title(f"anomaly map: {score_name}")
-    fig.colorbar(im, ax=axes[3], fraction=0.046)
     anomaly = (target == class_names.index("anomaly")).cpu().numpy()
-    if anomaly.any():
-        axes[3].contour(anomaly, levels=[0.5], colors="cyan", linewidths=0.8)
+    for ax, (name, values) in zip(axes[3:], maps.items(), strict=False):
+        im = ax.imshow(values.float().cpu().numpy(), cmap="inferno")
+        ax.set_title(f"anomaly map: {name}")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+        if anomaly.any():
+            ax.contour(anomaly, levels=[0.5], colors="cyan", linewidths=0.8)
     for ax in axes:
         ax.axis("off")
     return fig
+
+
+def plot_confusion_matrix(matrix: torch.Tensor | np.ndarray, class_names: Sequence[str], *, title: str = ""):
+    """Row-normalised confusion matrix (percent of each true class), classes absent from the
+    ground truth left out; returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(matrix.cpu() if isinstance(matrix, torch.Tensor) else matrix, dtype=np.float64)
+    present = np.flatnonzero(cm.sum(axis=1) > 0)
+    cm = cm[np.ix_(present, present)]
+    percent = 100.0 * cm / cm.sum(axis=1, keepdims=True)
+    names = [class_names[i] for i in present]
+    size = 2.0 + 0.5 * len(names)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size), constrained_layout=True)
+    im = ax.imshow(percent, cmap="Blues", vmin=0, vmax=100)
+    for (i, j), v in np.ndenumerate(percent):
+        if v >= 1.0:
+            ax.text(
+                j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="white" if v > 60 else "black"
+            )
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set(xlabel="predicted class", ylabel="true class")
+    ax.set_title(title or "confusion matrix (% of each true class)")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="% of the true class")
+    return fig
+
+
+def plot_iou_vs_share(
+    iou: Sequence[float], pixel_counts: Sequence[float], class_names: Sequence[str], *, title: str = ""
+):
+    """Per-class IoU against the class's share of the labelled pixels (log scale): rare classes
+    are usually the poorly segmented ones. Classes without pixels are left out; returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    counts = np.asarray(pixel_counts, dtype=np.float64)
+    iou = np.asarray(iou, dtype=np.float64)
+    share = 100.0 * counts / counts.sum()
+    keep = (counts > 0) & ~np.isnan(iou)
+    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    ax.scatter(share[keep], 100.0 * iou[keep], color="#4c72b0")
+    for k in np.flatnonzero(keep):
+        ax.annotate(
+            class_names[k], (share[k], 100.0 * iou[k]), fontsize=8, xytext=(4, 2), textcoords="offset points"
+        )
+    ax.set_xscale("log")
+    ax.set(xlabel="share of labelled pixels (%, log scale)", ylabel="IoU (%)", ylim=(-2, 102))
+    ax.set_title(title or "per-class IoU vs pixel share")
+    return fig
+
+
+def plot_score_histograms(anomaly: Mapping[str, Any], *, bins: int = 60, title: str = ""):
+    """Distribution of each score on inlier and anomaly pixels (each normalised to area 1), from
+    pooled `lib.metrics.AnomalyMetric` states; the x range holds 99% of the pixels. Returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    names = list(anomaly)
+    cols = min(4, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), constrained_layout=True, squeeze=False)
+    for ax, name in zip(axes.ravel(), names, strict=False):
+        curves = anomaly[name].curves()
+        if not curves["thresholds"].size:
+            ax.set_title(f"{name}: no pixels")
+            continue
+        values = curves["thresholds"]
+        values = np.where(np.isfinite(values), values, np.nan)
+        values = np.where(np.isnan(values), np.nanmin(values), values)  # the lowest bin: its edge is -inf
+        pos = np.diff(curves["tps"], prepend=0).astype(np.float64)
+        neg = np.diff(curves["fps"], prepend=0).astype(np.float64)
+        lo, hi = _weighted_quantile(values, pos + neg, 0.005), _weighted_quantile(values, pos + neg, 0.995)
+        if hi <= lo:
+            lo, hi = lo - 0.5, hi + 0.5
+        clipped = np.clip(values, lo, hi)
+        for weights, label, colour in ((neg, "inliers", "#4c72b0"), (pos, "anomalies", "#c44e52")):
+            if weights.sum() > 0:
+                ax.hist(clipped, bins=bins, range=(lo, hi), weights=weights / weights.sum(), alpha=0.6,
+                        label=label, color=colour)  # fmt: skip
+        ax.set(title=name, xlabel="score (higher = more anomalous)", ylabel="fraction of pixels")
+        ax.legend(fontsize=8)
+    for ax in axes.ravel()[len(names) :]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
+    order = np.argsort(values)
+    cumulative = np.cumsum(weights[order])
+    return float(values[order][min(np.searchsorted(cumulative, q * cumulative[-1]), len(values) - 1)])
 
 
 def plot_score_bars(

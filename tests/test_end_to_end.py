@@ -26,7 +26,9 @@ def test_run_writes_checkpoint_csv_and_figures(tmp_path):
     checkpoint = torch.load(run_dir / "best.pt", weights_only=True)
     assert set(checkpoint) >= {"model", "optimizer", "scheduler", "epoch", "config"}
     assert RunConfig.from_dict(checkpoint["config"]) == cfg
-    assert {p.name for p in run_dir.glob("*.png")} == {"example_0.png", "scores.png", "history.png"}
+    assert {p.stem for p in run_dir.glob("*.png")} == {
+        "example_0", "scores", "history", "curves", "histograms", "confusion", "iou_vs_share", "class_distribution"
+    }  # fmt: skip
     with open(tmp_path / "ckpts" / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and rows[0]["data"] == "synthetic test split"

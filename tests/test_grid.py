@@ -125,13 +125,13 @@ def test_run_grid_resumes_the_interrupted_run_and_skips_done_ones(tmp_path, caps
     train(second.config.replace(epochs=1))
     history_before = read_rows(tmp_path / "runs" / second.name / "history.csv")
     assert len(history_before) == 1
-    rows = run_grid(grid, out_dir=tmp_path, keep_examples=0)
+    rows = run_grid(grid, out_dir=tmp_path, keep_examples=1)
     out = capsys.readouterr().out
     assert f"{first.name} (new)" in out and f"{second.name} (continuing from its last checkpoint)" in out
     assert [r["run"] for r in rows] == [first.name, second.name]
     history = read_rows(tmp_path / "runs" / second.name / "history.csv")
     assert len(history) == 2 and history[0] == history_before[0]  # epoch 1 was not trained again
-    for name in ("t_summary.csv", "t_aupr.png", "t_loss.png"):
+    for name in ("t_summary.csv", "t_aupr.png", "t_loss.png", "t_best_confusion.png", "t_best_example_0.png"):
         assert (tmp_path / name).is_file(), name
     # Everything done: a second call runs nothing and returns the same rows.
     again = run_grid(grid, out_dir=tmp_path)

@@ -299,6 +299,36 @@ def summarize(grid: Grid, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, A
     return out
 
 
+def paired_difference(
+    rows: Sequence[Mapping[str, Any]], field: str, baseline: str, other: str
+) -> list[dict[str, Any]]:
+    """Effect of one field on every result column: ``other - baseline`` between runs that agree
+    on everything else the grid varied (and the seed).
+
+    E.g. ``paired_difference(rows, "head", "standard", "distance")`` answers "what does the distance
+    head change?" with one line per metric: the mean difference, its min and max over the pairs,
+    and how many pairs went up.
+
+    Returns:
+        One dict per metric column: ``metric``, ``pairs``, ``mean``, ``min``, ``max``, ``up``.
+    """
+    columns = [c for c in metric_columns(rows) if c != field]
+    config = {"run", "protocol", "data", "epochs", "wall_seconds", "commit", field, *columns}
+
+    def key(row):
+        return tuple(sorted((k, str(v)) for k, v in row.items() if k not in config))
+
+    base = {key(r): r for r in rows if str(r[field]) == str(baseline)}
+    pairs = [(base[key(r)], r) for r in rows if str(r[field]) == str(other) and key(r) in base]
+    out = []
+    for column in columns:
+        diffs = [float(b[column]) - float(a[column]) for a, b in pairs]
+        if diffs:
+            out.append(dict(metric=column, pairs=len(diffs), mean=round(sum(diffs) / len(diffs), 4),
+                            min=round(min(diffs), 4), max=round(max(diffs), 4), up=sum(d > 0 for d in diffs)))  # fmt: skip
+    return out
+
+
 def _is_number(value: Any) -> bool:
     try:
         float(value)
@@ -467,6 +497,7 @@ __all__ = [
     "GridRun",
     "grid_row",
     "metric_columns",
+    "paired_difference",
     "plot_grid",
     "read_rows",
     "run_grid",

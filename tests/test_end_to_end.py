@@ -94,6 +94,9 @@ def test_notebook_runs_top_to_bottom(tmp_path):
     assert list((tmp_path / "ckpts" / "runs").glob("run_0/best.pt"))
     # The resume path (a Colab disconnect): same run folder, its own config, a second results row.
     execute(NOTEBOOK_RESUME=str(tmp_path / "ckpts" / "runs" / "run_0"))
-    assert sorted(p.name for p in (tmp_path / "ckpts" / "runs").iterdir()) == ["run_0"]
+    mini_runs = ["mini_head=distance_seed0", "mini_head=standard_seed0"]  # the Ablation section's grid
+    assert sorted(p.name for p in (tmp_path / "ckpts" / "runs").iterdir()) == [*mini_runs, "run_0"]
     with open(tmp_path / "ckpts" / "results.csv", newline="") as f:
         assert [row["run"] for row in csv.DictReader(f)] == ["run_0", "run_0"]
+    with open(tmp_path / "ckpts" / "mini.csv", newline="") as f:  # the second pass skipped both runs
+        assert sorted(row["run"] for row in csv.DictReader(f)) == mini_runs

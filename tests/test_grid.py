@@ -175,3 +175,25 @@ def test_grid_survives_random_kills(tmp_path):
     for row in rows:  # complete rows: every column filled, numbers parse
         assert all(row[k] != "" for k in header), row
         assert 0.0 <= float(row["mIoU"]) <= 100.0 and 0.0 <= float(row["entropy"]) <= 100.0
+
+
+def test_paired_difference_matches_runs_that_differ_in_one_field():
+    from lib.grid import paired_difference
+
+    rows = [
+        {"run": "a", "head": "standard", "loss": "ce", "seed": "0", "msp": "10", "maxlog": "20"},
+        {"run": "b", "head": "distance", "loss": "ce", "seed": "0", "msp": "14", "maxlog": "5"},
+        {"run": "c", "head": "standard", "loss": "fl+h", "seed": "0", "msp": "11", "maxlog": "21"},
+        {"run": "d", "head": "distance", "loss": "fl+h", "seed": "0", "msp": "10", "maxlog": "6"},
+        {
+            "run": "e",
+            "head": "distance",
+            "loss": "fl+h",
+            "seed": "1",
+            "msp": "99",
+            "maxlog": "99",
+        },  # no partner
+    ]
+    effect = {e["metric"]: e for e in paired_difference(rows, "head", "standard", "distance")}
+    assert effect["msp"] == dict(metric="msp", pairs=2, mean=1.5, min=-1.0, max=4.0, up=1)
+    assert effect["maxlog"]["mean"] == -15.0 and effect["maxlog"]["up"] == 0

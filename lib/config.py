@@ -80,6 +80,9 @@ class RunConfig:
     """Classifier head: standard (1x1 conv) or distance (-Euclidean distance to class prototypes)."""
     output_stride: int = 16
     """Backbone output stride, 16 or 8 (8 is sharper and about 3x slower)."""
+    separable_conv: bool = False
+    """Depthwise-separable 3x3 convolutions in the ASPP and decoder (VainF's --separable_conv): a
+    lighter decoder, faster training; VainF's published (dense) checkpoints then do not load."""
     pretrained_backbone: bool = False
     """Start from torchvision's ImageNet weights (needs internet the first time)."""
     checkpoint: str | None = None

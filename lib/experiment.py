@@ -119,6 +119,7 @@ def make_model(cfg: RunConfig, *, initial_weights: bool = True) -> nn.Module:
         head=cfg.head,
         num_classes=NUM_KNOWN_CLASSES,
         output_stride=cfg.output_stride,
+        separable_conv=cfg.separable_conv,
         pretrained_backbone=cfg.pretrained_backbone and initial_weights,
     )
     path = pretrained_path(cfg) if initial_weights else None

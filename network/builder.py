@@ -44,6 +44,7 @@ from .backbones import BACKBONES, build_backbone
 from .checkpoint import load_pretrained
 from .deeplab import DeepLabV3Decoder, DeepLabV3PlusDecoder
 from .heads import HEADS, build_head
+from .layers import convert_to_separable
 from .model import SegmentationModel
 from .unet import UPSAMPLING_MODES, PlainEncoder, ResNetEncoder, UNetDecoder
 
@@ -192,6 +193,7 @@ def build_model(
     vainf_padding: bool = False,
     base_width: int | None = None,
     upsampling: str | None = None,
+    separable_conv: bool = False,
 ) -> SegmentationModel:
     """Build any model of the project; DeepLab state dicts match VainF/DeepLabV3Plus-Pytorch's.
 
@@ -216,6 +218,9 @@ def build_model(
             a VainF checkpoint's outputs bit for bit (see ``MobileNetV2Backbone``).
         base_width: plain encoder only: channels of the first block (default 64 for unet, 32 for
             my_fcn); the widths double at every level.
+        separable_conv: DeepLab only: depthwise-separable 3x3 convolutions in the ASPP and the
+            decoder (VainF's ``--separable_conv``; the layout of segmentation_models_pytorch's
+            DeepLabV3Plus): about a quarter of the decoder's multiply-adds, keys ``...body.{0,1}``.
         upsampling: U-Net decoders only: "transposed" (2x2 stride-2 transposed conv; the default for
             the plain encoder) or "bilinear" (the default for the ResNet encoder).
 
@@ -248,6 +253,8 @@ def build_model(
     is_deeplab = arch in ("deeplabv3plus", "deeplabv3")
     if vainf_padding and not (is_deeplab and backbone == "mobilenet_v2"):
         raise ValueError("vainf_padding applies to the DeepLab MobileNetV2 backbone only")
+    if separable_conv and not is_deeplab:
+        raise ValueError(f"separable_conv applies to the DeepLab decoders only, not to arch {arch!r}")
     if base_width is not None and backbone != _PLAIN:
         raise ValueError(f"base_width applies to the plain encoder only, not to backbone {backbone!r}")
     if base_width is not None and (
@@ -284,6 +291,9 @@ def build_model(
         else:
             decoder = DeepLabV3Decoder(body.out_channels, rates, head_module)
         config["vainf_padding"] = vainf_padding
+        if separable_conv:
+            convert_to_separable(decoder)
+            config["separable_conv"] = True
     elif backbone == _PLAIN:
         depth, default_width, default_upsampling = _PLAIN_SETTINGS[arch]
         config["base_width"] = base_width = base_width or default_width

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["DoubleConv", "conv_bn_relu", "init_conv_bn"]
+__all__ = ["AtrousSeparableConv", "DoubleConv", "conv_bn_relu", "convert_to_separable", "init_conv_bn"]
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1) -> list[nn.Module]:
@@ -47,3 +47,43 @@ def init_conv_bn(module: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d | nn.GroupNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+class AtrousSeparableConv(nn.Module):
+    """Depthwise-separable (atrous) convolution: a per-channel k x k conv, then a 1x1 conv.
+
+    About k*k times fewer multiply-adds than the dense conv it replaces. State-dict keys
+    ``body.0`` (depthwise) and ``body.1`` (pointwise), as VainF's ``AtrousSeparableConvolution``,
+    so its ``--separable_conv`` checkpoints load.
+    """
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        c_in, c_out = conv.in_channels, conv.out_channels
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, c_in, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                      dilation=conv.dilation, groups=c_in, bias=False),
+            nn.Conv2d(c_in, c_out, 1, bias=conv.bias is not None),
+        )  # fmt: skip
+        for m in self.body:
+            nn.init.kaiming_normal_(m.weight)
+
+    def forward(self, x):
+        """Shape: (B, in_channels, H, W) -> (B, out_channels, H', W') as the replaced conv."""
+        return self.body(x)
+
+
+def convert_to_separable(module: nn.Module) -> nn.Module:
+    """Replace, in place, every ungrouped ``nn.Conv2d`` with a kernel larger than 1x1 and more than
+    one input channel inside ``module`` by an `AtrousSeparableConv` (fresh weights); returns it."""
+    for name, child in module.named_children():
+        if (
+            type(child) is nn.Conv2d
+            and child.kernel_size[0] > 1
+            and child.in_channels > 1
+            and child.groups == 1
+        ):
+            setattr(module, name, AtrousSeparableConv(child))
+        else:
+            convert_to_separable(child)
+    return module

@@ -143,6 +143,7 @@ def test_experiment_call_still_works() -> None:
     [
         ("deeplabv3plus", "mobilenet_v2", {"output_stride": 8, "vainf_padding": True}),
         ("deeplabv3", "resnet50", {}),
+        ("deeplabv3plus", "mobilenet_v2", {"separable_conv": True}),
         ("unet", "resnet34", {"upsampling": "transposed"}),
         ("unet", "plain", {"base_width": 8, "upsampling": "bilinear"}),
         ("my_fcn", "plain", {"base_width": 4}),
@@ -703,6 +704,10 @@ def test_names() -> None:
         ({"upsampling": "bilinear"}, r"upsampling applies to the U-Net decoders only"),
         ({"arch": "unet", "backbone": "plain", "upsampling": "nearest"}, r"valid: transposed, bilinear"),
         ({"arch": "unet", "backbone": "resnet34", "vainf_padding": True}, r"vainf_padding applies to"),
+        (
+            {"arch": "unet", "backbone": "resnet34", "separable_conv": True},
+            r"separable_conv applies to the DeepLab",
+        ),
     ],
 )
 def test_unknown_names_raise(kwargs: dict[str, object], pattern: str) -> None:
@@ -737,3 +742,30 @@ def test_seeded_output_is_stable(arch: str, backbone: str, train: bool) -> None:
         logits = model(x)
     summary = torch.stack([logits.mean(), logits.std(), logits[0, :, 10, 20].mean(), logits[0, 5].max()])
     torch.testing.assert_close(summary, torch.tensor(GOLDEN[arch, backbone, train]), rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["deeplabv3plus", "deeplabv3"])
+def test_separable_conv_layout(arch: str) -> None:
+    """VainF's --separable_conv: every 3x3 conv of the decoder becomes depthwise + pointwise
+    (keys ``...body.0``, ``...body.1``), the backbone and 1x1 convs stay; fewer parameters."""
+    dense = build_model(arch=arch, backbone="mobilenet_v2", head="distance", num_classes=13)
+    sep = build_model(
+        arch=arch, backbone="mobilenet_v2", head="distance", num_classes=13, separable_conv=True
+    )
+    dense_keys, sep_keys = set(dense.state_dict()), set(sep.state_dict())
+    assert {k for k in dense_keys if k.startswith("backbone.")} == {
+        k for k in sep_keys if k.startswith("backbone.")
+    }
+    converted = sorted(k for k in sep_keys if ".body." in k)
+    prefix = "classifier.aspp" if arch == "deeplabv3plus" else "classifier.classifier.0"
+    for rate_branch in (1, 2, 3):
+        depthwise = sep.state_dict()[f"{prefix}.convs.{rate_branch}.0.body.0.weight"]
+        assert depthwise.shape == (320, 1, 3, 3)  # one 3x3 filter per input channel
+        assert f"{prefix}.convs.{rate_branch}.0.body.1.weight" in sep_keys
+    assert len(converted) == 8  # 3 ASPP rates + the 3x3 after them, two convs each
+    assert count_parameters(sep) < count_parameters(dense)
+    x = torch.randn(2, 3, 64, 64)  # batch 2: the ASPP pooling branch's BatchNorm needs 2 values
+    out = sep(x)
+    assert out.shape == (2, 13, 64, 64)
+    out.sum().backward()
+    assert all(p.grad is not None for p in sep.parameters())

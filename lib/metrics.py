@@ -352,10 +352,11 @@ class AnomalyMetric:
         label = is_anomaly.detach().reshape(-1).to(device)
         label = label.to(torch.int32) if label.dtype == torch.bool else (label != 0).to(torch.int32)
         keep = None if valid is None else valid.detach().reshape(-1).to(device=device, dtype=torch.bool)
-        nan = torch.isnan(x.reshape(-1))
-        if bool(nan.any()) and keep is not None:
+        # A finite sum proves there is no NaN (one reduction, no mask); otherwise look closer.
+        nan = None if bool(torch.isfinite(x.sum())) else torch.isnan(x.reshape(-1))
+        if nan is not None and keep is not None:
             nan &= keep  # NaN is allowed where the pixel is not counted
-        if bool(nan.any()):
+        if nan is not None and bool(nan.any()):
             raise ValueError(
                 f"anomaly scores contain {int(nan.sum())} NaN value(s) among the counted pixels; "
                 "NaN has no rank (check the score computation for 0/0 or inf - inf)"
@@ -476,7 +477,7 @@ class PerImageAnomalyMetric:
             if n_pos == 0 or n_pos == y.numel():
                 self.state[4] += 1
                 continue
-            if bool(torch.isnan(s).any()):
+            if not bool(torch.isfinite(s.sum())) and bool(torch.isnan(s).any()):
                 raise ValueError("anomaly scores contain NaN values among the counted pixels")
             m = exact_rank_metrics(s.cpu().numpy(), y.cpu().numpy())
             self.state[:4] += torch.tensor([m["AUPR"], m["AUROC"], m["FPR95"], 1.0], dtype=torch.float64)

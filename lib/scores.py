@@ -47,11 +47,13 @@ def compute_scores(
         raise ValueError("the 'sml' score needs sml_stats: fit them with SMLStatistics on the training split")
     z = logits.float()
     z_max = z.amax(dim=1, keepdim=True)
-    e = torch.exp(z - z_max)
-    # Mass of the non-maximal classes relative to the maximal one, without computing 1 + tiny - 1:
-    # for a confident pixel it is ~1e-9 and must not round to zero.
-    is_max = z == z_max
-    rest = (e * ~is_max).sum(dim=1) + (is_max.sum(dim=1) - 1)
+    gap = z_max - z  # >= 0, exactly 0 at the maximal class(es)
+    is_max = gap == 0
+    # Mass of the non-maximal classes relative to the maximal one, summed without the maximal
+    # class's 1 (so 1 + tiny - 1 never happens): for a confident pixel it is ~1e-9 and must not
+    # round to zero. Ties for the maximum add their exact 1s back.
+    e = torch.exp(gap.neg()).masked_fill_(is_max, 0.0)
+    rest = e.sum(dim=1) + (is_max.sum(dim=1) - 1)
     log1p_rest = torch.log1p(rest)  # = logsumexp(z) - max(z) = -log(max softmax)
     z_max = z_max.squeeze(1)
     out: dict[str, torch.Tensor] = {}
@@ -60,9 +62,9 @@ def compute_scores(
     if "maxlogit" in names:
         out["maxlogit"] = -z_max
     if "entropy" in names:
-        # H = sum_c p_c (max(z) - z_c) + log(1 + rest): two non-negative terms, no cancellation.
-        p = e / (1.0 + rest).unsqueeze(1)
-        out["entropy"] = (p * (z_max.unsqueeze(1) - z)).sum(dim=1) + log1p_rest
+        # H = sum_c p_c (max(z) - z_c) + log(1 + rest): two non-negative terms, no cancellation;
+        # the maximal classes contribute 0 to the first, so the masked e serves.
+        out["entropy"] = e.mul_(gap).sum(dim=1) / (1.0 + rest) + log1p_rest
     if "energy" in names:
         out["energy"] = -(z_max + log1p_rest)
     if "sml" in names:

@@ -102,7 +102,7 @@ def predict_logits(
                 out = F.interpolate(out, size=(height, width), mode="bilinear", align_corners=False)
             total = out.float() if total is None else total + out.float()
             count += 1
-    return total / count
+    return total if count == 1 else total / count
 
 
 def _tiled(model: nn.Module, images: torch.Tensor, window: tuple[int, int], overlap: float) -> torch.Tensor:

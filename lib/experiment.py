@@ -6,6 +6,7 @@ torchrun), ``scripts/main.py`` calls `run` (train, then evaluate on rank 0).
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import time
@@ -192,13 +193,25 @@ def save_figures(
     return paths
 
 
+_REPO = Path(__file__).resolve().parents[1]
+
+
+@functools.cache
 def git_commit() -> str:
-    """Short hash of the checked-out commit ('' outside a git checkout)."""
+    """Short hash of the checked-out commit, with ``-dirty`` when tracked files differ from it
+    ('' outside a git checkout). Read once per process - the code a process runs is the code it
+    imported - and first called when a run starts."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10, cwd=_REPO
         )
-        return out.stdout.strip()
+        commit = out.stdout.strip()
+        if commit:
+            dirty = subprocess.run(
+                ["git", "diff", "--quiet", "HEAD"], capture_output=True, timeout=10, cwd=_REPO
+            )
+            commit += "-dirty" if dirty.returncode == 1 else ""
+        return commit
     except (OSError, subprocess.SubprocessError):
         return ""
 
@@ -405,6 +418,7 @@ def run(
         than 0 only the run folder.
     """
     start = time.perf_counter()
+    git_commit()  # the commit of the code this run starts with
     trained = train(cfg, resume=resume)
     if not distributed.is_main():
         return {"run_dir": str(trained.run_dir)}

@@ -4,6 +4,7 @@ Examples:
     python scripts/grid.py scripts/grids/tuning.toml              # entropy weight x focal gamma
     python scripts/grid.py scripts/grids/ablation.toml --device cuda --num-workers 8
     python scripts/grid.py scripts/grids/ablation.toml --dry-run  # list the runs still to do
+    python scripts/grid.py scripts/grids/ablation.toml --compare head=standard,distance  # + effect table
     python scripts/grid.py scripts/grids/tuning.toml --set epochs=2 --set n_train=40 --out-dir /tmp/try
 
 A grid file (TOML) names a preset, fixed fields ([base]), the fields to cross ([params]) and the
@@ -11,7 +12,8 @@ seeds; see lib/grid.py. Each finished run appends one row to <out-dir>/<name>.cs
 atomically); killed and started again, the runner skips the rows already there and continues
 the interrupted run from its last epoch checkpoint. After the last run it writes
 <name>_summary.csv (mean and std over seeds) and the figures <name>_aupr.png, <name>_heatmap.png
-(two-field grids) and <name>_loss.png next to the CSV.
+(two-field grids), <name>_loss.png and the best run's figures (<name>_best_*.png) next to the CSV,
+and prints the summary table (and the --compare tables) in Markdown.
 """
 
 from __future__ import annotations
@@ -58,6 +60,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="tqdm progress bars (default: on)",
     )
     parser.add_argument("--dry-run", action="store_true", help="list the runs that would run, run nothing")
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="FIELD=A,B",
+        help="after the grid, print what changing FIELD from A to B does to every metric, over the runs that "
+        "agree on everything else (e.g. --compare head=standard,distance); repeatable",
+    )
     return parser.parse_args(argv)
 
 
@@ -96,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         "progress": args.progress,
     }
     try:
-        run_grid(
+        comparisons = [parse_comparison(text, grid) for text in args.compare]
+        rows = run_grid(
             grid,
             out_dir=args.out_dir,
             dry_run=args.dry_run,
@@ -105,7 +116,44 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, FileNotFoundError, ValueError) as err:
         print(f"\nerror: {err}", file=sys.stderr)
         return 2
+    if rows and not args.dry_run:
+        print_report(grid, rows, comparisons)
     return 0
+
+
+def parse_comparison(text: str, grid) -> tuple[str, str, str]:
+    """``FIELD=A,B`` -> (field, A, B); the field must be one the grid varies."""
+    field, _, values = text.partition("=")
+    pair = values.split(",")
+    if field not in grid.params or len(pair) != 2:
+        raise ValueError(f"--compare {text!r}: expected FIELD=A,B with FIELD among {list(grid.params)}")
+    return field, pair[0], pair[1]
+
+
+def print_report(grid, rows, comparisons) -> None:
+    """The summary (mean, std over seeds) and the asked comparisons, as Markdown tables."""
+    from lib.grid import paired_difference, summarize
+
+    summary = summarize(grid, rows)
+    scores = [c for c in rows[0] if f"{c}_AUROC" in rows[0]]
+    columns = [*grid.params, "n", "mIoU", *scores]
+    print(
+        f"\n{grid.name}: {len(rows)} runs, {rows[0]['data']}, {grid.protocol} AUPR (%), mean +- std over seeds"
+    )
+    print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
+    for entry in summary:
+        cells = [str(entry[c]) for c in (*grid.params, "n")]
+        for c in ("mIoU", *scores):
+            std = entry.get(f"{c}_std")
+            cells.append(f"{entry[c]:.2f}" + (f" +- {std:.2f}" if std not in ("", None) else ""))
+        print("| " + " | ".join(cells) + " |")
+    for field, a, b in comparisons:
+        print(f"\n{field}: {b} minus {a}, over runs equal in everything else (percentage points)")
+        print("| metric | pairs | mean | min | max | pairs up |\n|---|---|---|---|---|---|")
+        for e in paired_difference(rows, field, a, b):
+            print(
+                f"| {e['metric']} | {e['pairs']} | {e['mean']:+.2f} | {e['min']:+.2f} | {e['max']:+.2f} | {e['up']} |"
+            )
 
 
 if __name__ == "__main__":

@@ -164,8 +164,12 @@ def test_grid_survives_random_kills(tmp_path):
         rows = read_rows(csv_path)
         assert len({r["run"] for r in rows}) == len(rows)  # never a duplicate, even mid-way
     assert kills >= 2  # the runner really was interrupted
-    finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    finished = subprocess.run([*command, "--compare", "head=standard,distance"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
     assert finished.returncode == 0, finished.stderr[-2000:]
+    # The report: the summary table, and the head comparison over the two losses.
+    assert "| loss | head | n | mIoU |" in finished.stdout
+    assert "head: distance minus standard" in finished.stdout and "| entropy | 2 |" in finished.stdout
     with csv_path.open(newline="") as f:
         reader = csv.DictReader(f)
         header, rows = reader.fieldnames, list(reader)

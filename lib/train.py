@@ -520,14 +520,20 @@ def save_checkpoint(state: Mapping[str, Any], run_dir: str | Path, *, best: bool
     last = run_dir / "last.pt"
     atomic_torch_save(dict(state), last)
     if best:
-        tmp = run_dir / ".best.pt.tmp"
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(last, tmp)
-        except OSError:
-            check_free_space(run_dir, last.stat().st_size)
-            shutil.copyfile(last, tmp)
-        os.replace(tmp, run_dir / "best.pt")
+        _mark_best(run_dir)
+
+
+def _mark_best(run_dir: Path) -> None:
+    """Make ``best.pt`` the current ``last.pt`` (hard link, else copy), renamed into place."""
+    last = run_dir / "last.pt"
+    tmp = run_dir / ".best.pt.tmp"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(last, tmp)
+    except OSError:
+        check_free_space(run_dir, last.stat().st_size)
+        shutil.copyfile(last, tmp)
+    os.replace(tmp, run_dir / "best.pt")
 
 
 def find_checkpoint(path: str | Path, *, name: str = "last.pt") -> Path:
@@ -665,7 +671,17 @@ def fit(
                 f"resuming {resume.get('path', 'checkpoint')} after epoch {len(history)}",
                 progress=cfg.progress,
             )
+        if (
+            main
+            and since_best == 0
+            and Path(resume.get("path", "")).resolve() == (run_dir / "last.pt").resolve()
+        ):
+            _mark_best(run_dir)  # the last epoch was the best: a kill may have come before best.pt was
     first_epoch = len(history) + 1
+    last_epoch = cfg.epochs
+    patience = cfg.early_stopping_patience
+    if resume is not None and patience is not None and since_best >= patience:
+        last_epoch = len(history)  # it had stopped early (and was stopped again before the end)
     writer = _tensorboard_writer(run_dir, cfg, purge_step=schedule.steps) if main else None
     if writer is not None and resume is None:
         writer.add_text("config", f"```\n{cfg.to_json()}\n```")
@@ -674,7 +690,7 @@ def fit(
             run_dir, checkpoint_nbytes(model.state_dict()) * (3 if cfg.optimizer == "adam" else 2)
         )
     epochs = tqdm(
-        range(first_epoch, cfg.epochs + 1),
+        range(first_epoch, last_epoch + 1),
         desc="training",
         initial=first_epoch - 1,
         total=cfg.epochs,

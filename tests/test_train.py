@@ -320,6 +320,29 @@ def test_early_stopping_after_patience_epochs(data_root, tmp_path, monkeypatch):
     assert load_checkpoint(tmp_path / "run")["epoch"] == 5
 
 
+def test_resume_after_early_stop_trains_no_more(data_root, tmp_path, monkeypatch):
+    """Stopped early, then killed (e.g. while evaluating): the resumed run must not train on."""
+    cfg = tiny_config(data_root, tmp_path, epochs=1, early_stopping_patience=1, max_steps_per_epoch=1)
+    train_run(cfg, tmp_path / "run")
+    checkpoint = load_checkpoint(tmp_path / "run")
+    checkpoint["epochs_since_best"] = 1  # as if epoch 1 had not improved: patience used up
+    monkeypatch.setattr(
+        train_lib, "train_one_epoch", lambda *a, **k: pytest.fail("trained after an early stop")
+    )
+    _, history = train_run(cfg.replace(epochs=5), tmp_path / "run", resume=checkpoint)
+    assert [row["epoch"] for row in history] == [1]
+
+
+def test_resume_restores_best_lost_to_a_kill(data_root, tmp_path):
+    """Killed after last.pt and before best.pt of a best epoch: resuming puts best.pt back."""
+    cfg = tiny_config(data_root, tmp_path, epochs=1, max_steps_per_epoch=1)
+    train_run(cfg, tmp_path / "run")
+    (tmp_path / "run" / "best.pt").unlink()
+    model, history = train_run(cfg, tmp_path / "run", resume=load_checkpoint(tmp_path / "run"))
+    assert len(history) == 1
+    assert_same_weights(weights(tmp_path / "run" / "best.pt"), weights(tmp_path / "run" / "last.pt"))
+
+
 def test_disk_space_is_checked_before_saving(tmp_path, monkeypatch):
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))

@@ -237,7 +237,7 @@ def presets() -> dict[str, dict[str, Any]]:
 
     - ``demo``: the README's main job, a few minutes on 2 CPU cores.
     - ``grid``: the demo's data, shorter training; one run of the tuning / ablation grids
-      (``scripts/grids/``) in about a minute on 2 CPU cores.
+      (``scripts/grids/``) in one to three minutes on 2 CPU cores.
     - ``tiny``: seconds; used by the tests and the notebook test.
     - ``streethazards``: the seed's setting on the real dataset (GPU).
     """

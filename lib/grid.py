@@ -24,6 +24,12 @@ written. Killed at any moment, it is simply started again: combinations with a r
 the interrupted one continues from its last epoch checkpoint (``last.pt``; a run killed before its
 first checkpoint starts over), and the rest follow. One runner per CSV at a time.
 
+A run whose loss turns NaN gets a row too, with ``status`` "failed: ..." and no metrics (it would
+fail again on a re-run), and the grid goes on. Each row carries ``config_id``, a hash of every
+setting that shapes the result: a re-run whose settings changed stops with a message instead of
+mixing old and new rows. A lock file (``.<name>.lock``) keeps a second runner off the same grid.
+``wall_seconds`` of a resumed run counts the time since it was resumed.
+
 Rows keep the StreetHazards reference project's columns (mIoU, minIoU, maxIoU, the AUPR of each
 score under its short name - msp, maxlog, entropy, energy -, loss, entropy_weight, gamma_focal,
 class_weights, backbone, dataset = the pretraining source, head) and add AUROC and FPR95 per score
@@ -33,6 +39,7 @@ commit, and every other field the grid varies. Values are percentages.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import itertools
 import math
@@ -44,11 +51,13 @@ from typing import Any
 
 import tomllib
 
-from lib.config import RunConfig, presets
+from lib.config import RUNTIME_FIELDS, RunConfig, presets
 from lib.utils import append_csv_row, atomic_write_bytes
 
 #: Short column names of the reference project's CSVs (other scores keep their own name).
 SCORE_COLUMNS = {"maxlogit": "maxlog"}
+#: Synthetic-data generation fields: a grid cannot vary them over one shared data_root.
+SYNTHETIC_DATA_FIELDS = ("n_train", "n_val", "n_test", "image_size", "data_seed")
 #: Per-run figures copied next to the CSV for the grid's best run.
 BEST_RUN_FIGURES = ("example_0", "curves", "histograms", "confusion", "iou_vs_share", "class_distribution")
 #: Config fields that are columns of every row, in the reference project's order.
@@ -118,7 +127,21 @@ class Grid:
         empty = [k for k, v in self.params.items() if not v]
         if empty:
             raise ValueError(f"grid {self.name}: parameter(s) {empty} have no values")
-        self.runs()  # every combination must make a valid config: fail now, not after hours
+        both = sorted(set(self.params) & set(self.base))
+        if both:
+            raise ValueError(f"grid {self.name}: {both} are both fixed ([base], --set) and varied ([params])")
+        data = sorted(set(self.params) & set(SYNTHETIC_DATA_FIELDS))
+        if data:
+            raise ValueError(
+                f"grid {self.name}: {data} change the generated data, which every run shares (data_root); "
+                "run one grid per data setting, each with its own data_root"
+            )
+        names = [item.name for item in self.runs()]  # every config must be valid: fail now, not in hours
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(
+                f"grid {self.name}: combinations share a run name (repeated values?): {repeated[:3]}"
+            )
 
     @classmethod
     def load(cls, path: str | Path) -> Grid:
@@ -163,9 +186,38 @@ class Grid:
         return out
 
 
+def cell(value: Any) -> str:
+    """How a config value reads in a CSV cell: lists space-separated, None empty, else ``str``."""
+    if value is None:
+        return ""
+    return " ".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+
+
 def _slug(value: Any) -> str:
-    text = " ".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
-    return "".join(c if c.isalnum() or c in ".+-" else "-" for c in text)
+    return "".join(c if c.isalnum() or c in ".+-" else "-" for c in cell(value) or "None")
+
+
+#: RunConfig fields that do not change a run's result: they stay out of its ``config_id``.
+_NEUTRAL_FIELDS = frozenset(
+    {"out_dir", "run_name", "data_root", "validate_data", "num_workers", "device", "compile",
+     "eval_batch_size", "progress", "tensorboard"}
+)  # fmt: skip
+
+
+def config_id(cfg: RunConfig, protocol: str, *, training_only: bool = False) -> str:
+    """Short hash of every setting that shapes a run's result (and the protocol of its row).
+
+    Args:
+        training_only: hash only what a resumed run must keep (not `lib.config.RUNTIME_FIELDS`:
+            e.g. more epochs may be asked of an interrupted run).
+    """
+    import hashlib
+    import json
+
+    neutral = _NEUTRAL_FIELDS | set(RUNTIME_FIELDS) if training_only else _NEUTRAL_FIELDS
+    values = {k: v for k, v in cfg.to_dict().items() if k not in neutral}
+    text = json.dumps({**values, "protocol": protocol}, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
 def grid_row(grid: Grid, item: GridRun, row: Mapping[str, Any]) -> dict[str, Any]:
@@ -186,7 +238,7 @@ def grid_row(grid: Grid, item: GridRun, row: Mapping[str, Any]) -> dict[str, Any
         value = (cfg.pretrained_on or "none") if name == "dataset" else getattr(cfg, name)
         out[name] = value
     for name, value in item.values.items():
-        out.setdefault(name, " ".join(map(str, value)) if isinstance(value, list | tuple) else value)
+        out.setdefault(name, cell(value))
     out.update(
         protocol=p,
         data=row["data"],
@@ -195,7 +247,25 @@ def grid_row(grid: Grid, item: GridRun, row: Mapping[str, Any]) -> dict[str, Any
         epochs=cfg.epochs,
         wall_seconds=row["wall_seconds"],
         commit=row["commit"],
+        status="ok",
+        config_id=config_id(cfg, p),
     )
+    return out
+
+
+def failed_row(grid: Grid, item: GridRun, error: BaseException) -> dict[str, Any]:
+    """The row of a run that diverged (NaN loss): its settings and why, no metrics."""
+    from lib.experiment import git_commit
+
+    cfg = item.config
+    out: dict[str, Any] = {"run": item.name}
+    for name in CONFIG_COLUMNS:
+        out[name] = (cfg.pretrained_on or "none") if name == "dataset" else getattr(cfg, name)
+    for name, value in item.values.items():
+        out.setdefault(name, cell(value))
+    first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+    out.update(protocol=grid.protocol, seed=item.seed, epochs=cfg.epochs, commit=git_commit(),
+               status=f"failed: {first_line}", config_id=config_id(cfg, grid.protocol))  # fmt: skip
     return out
 
 
@@ -235,41 +305,94 @@ def run_grid(
         overrides["out_dir"] = str(out_dir)
     items = grid.runs(**overrides)
     out = Path(items[0].config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     csv_path = out / f"{grid.name}.csv"
-    done = {r["run"] for r in read_rows(csv_path)}
-    todo = [item for item in items if item.name not in done]
-    print(
-        f"grid {grid.name}: {len(items)} runs, {len(items) - len(todo)} done, {len(todo)} to run -> {csv_path}"
-    )
-    for i, item in enumerate(todo, start=1):
-        run_dir = out / "runs" / item.name
-        resume = None
-        if (run_dir / "last.pt").is_file():
-            resume = run_dir
-        note = "continuing from its last checkpoint" if resume else "new"
-        print(f"\n[{i}/{len(todo)}] {item.name} ({note})")
-        if dry_run:
-            continue
-        if resume is None and run_dir.exists():
-            shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing worth keeping
-        row = run(item.config, keep_examples=keep_examples, resume=resume, results_csv=None)
-        append_csv_row(csv_path, grid_row(grid, item, row))
+    with _lock(out / f".{grid.name}.lock"):
+        done = {r["run"]: r for r in read_rows(csv_path)}
+        _check_unchanged(grid, items, done, out)
+        todo = [item for item in items if item.name not in done]
+        print(
+            f"grid {grid.name}: {len(items)} runs, {len(items) - len(todo)} done, {len(todo)} to run -> {csv_path}"
+        )
+        for i, item in enumerate(todo, start=1):
+            run_dir = out / "runs" / item.name
+            resume = run_dir if (run_dir / "last.pt").is_file() else None
+            note = "continuing from its last checkpoint" if resume else "new"
+            print(f"\n[{i}/{len(todo)}] {item.name} ({note})")
+            if dry_run:
+                continue
+            if resume is None and run_dir.exists():
+                shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing worth keeping
+            try:
+                row = grid_row(grid, item, run(item.config, keep_examples=keep_examples, resume=resume,
+                                               results_csv=None))  # fmt: skip
+            except FloatingPointError as err:  # diverged: it would again, deterministically; go on
+                print(f"{item.name} failed: {err}")
+                row = failed_row(grid, item, err)
+            append_csv_row(csv_path, row)
     names = [item.name for item in items]
     rows = {r["run"]: r for r in read_rows(csv_path)}
     result = [rows[n] for n in names if n in rows]
-    if result and not dry_run:
+    if any(r.get("status", "ok") == "ok" for r in result) and not dry_run:
         summary = summarize(grid, result)
         _write_csv(out / f"{grid.name}_summary.csv", summary)
         plot_grid(grid, result, out, summary=summary)
     return result
 
 
-def metric_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Result columns of grid rows (mIoU, min/max IoU, per-score AUPR / AUROC / FPR95)."""
-    if not rows:
+class GridLockedError(RuntimeError):
+    """Another runner holds the grid's lock file."""
+
+
+@contextlib.contextmanager
+def _lock(path: Path):
+    """Hold an exclusive lock on `path` for one runner per grid and folder (released at exit,
+    also when the process is killed)."""
+    import fcntl
+
+    with path.open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            raise GridLockedError(
+                f"another runner is working on this grid (it holds {path}); wait for it or stop it"
+            ) from err
+        yield
+
+
+def _check_unchanged(
+    grid: Grid, items: Sequence[GridRun], done: Mapping[str, Mapping[str, str]], out: Path
+) -> None:
+    """Stop when finished rows or an interrupted run were made with other settings than now."""
+    changed = [
+        item.name
+        for item in items
+        if item.name in done
+        and done[item.name].get("config_id") not in (None, "", config_id(item.config, grid.protocol))
+    ]
+    for item in items:
+        saved = out / "runs" / item.name / "config.json"
+        if item.name not in done and (saved.parent / "last.pt").is_file() and saved.is_file():
+            cfg = RunConfig.load(saved)
+            if config_id(cfg, "", training_only=True) != config_id(item.config, "", training_only=True):
+                changed.append(f"{item.name} (interrupted run)")
+    if changed:
+        raise ValueError(
+            f"grid {grid.name}: {len(changed)} run(s) in {out} were made with other settings than the grid now "
+            f"asks for, e.g. {changed[:2]}; delete their rows from {grid.name}.csv and their runs/ folders, or "
+            "choose another out_dir"
+        )
+
+
+def metric_columns(rows: Sequence[Mapping[str, Any]], *, exclude: Sequence[str] = ()) -> list[str]:
+    """Result columns of grid rows (mIoU, min/max IoU, per-score AUPR / AUROC / FPR95, anomaly
+    share), without the fields in `exclude` (a grid's varied fields, which may be numbers)."""
+    skip = {"run", "protocol", "data", "seed", "epochs", "wall_seconds", "commit", "status", "config_id",
+            *CONFIG_COLUMNS, *exclude}  # fmt: skip
+    numeric = [r for r in rows if r.get("status", "ok") == "ok"]
+    if not numeric:
         return []
-    skip = {"run", "protocol", "data", "seed", "epochs", "wall_seconds", "commit", *CONFIG_COLUMNS}
-    return [k for k in rows[0] if k not in skip and _is_number(rows[0][k])]
+    return [k for k in numeric[0] if k not in skip and _is_number(numeric[0][k])]
 
 
 def summarize(grid: Grid, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -278,16 +401,20 @@ def summarize(grid: Grid, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, A
     Returns one dict per combination: the grid's parameters, ``n`` (seeds with a row), and
     ``<metric>`` (mean) plus ``<metric>_std`` (empty with a single seed).
     """
-    columns = [c for c in metric_columns(rows) if c not in grid.params]
+    columns = metric_columns(rows, exclude=list(grid.params))
     groups: dict[tuple, list[Mapping[str, Any]]] = {}
     for row in rows:
-        groups.setdefault(tuple(str(row[k]) for k in grid.params), []).append(row)
+        if row.get("status", "ok") == "ok":
+            groups.setdefault(tuple(str(row[k]) for k in grid.params), []).append(row)
     out = []
     for key, members in groups.items():
         entry: dict[str, Any] = dict(zip(grid.params, key, strict=True))
         entry["n"] = len(members)
         for column in columns:
-            values = [float(m[column]) for m in members]
+            values = [float(m[column]) for m in members if m.get(column, "") != ""]
+            if not values:
+                entry[column] = entry[f"{column}_std"] = ""
+                continue
             mean = sum(values) / len(values)
             entry[column] = round(mean, 4)
             if len(values) > 1:
@@ -300,33 +427,49 @@ def summarize(grid: Grid, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, A
 
 
 def paired_difference(
-    rows: Sequence[Mapping[str, Any]], field: str, baseline: str, other: str
+    grid: Grid, rows: Sequence[Mapping[str, Any]], field: str, baseline: Any, other: Any
 ) -> list[dict[str, Any]]:
     """Effect of one field on every result column: ``other - baseline`` between runs that agree
-    on everything else the grid varied (and the seed).
+    on every other field the grid varies, and on the seed.
 
-    E.g. ``paired_difference(rows, "head", "standard", "distance")`` answers "what does the distance
-    head change?" with one line per metric: the mean difference, its min and max over the pairs,
-    and how many pairs went up.
+    E.g. ``paired_difference(grid, rows, "head", "standard", "distance")`` answers "what does the
+    distance head change?" with one line per metric: the mean difference, its min and max over
+    the pairs, and how many pairs went up.
+
+    Args:
+        baseline, other: two of the grid's values of `field` (as in the grid: ``False``, ``0.1``).
 
     Returns:
         One dict per metric column: ``metric``, ``pairs``, ``mean``, ``min``, ``max``, ``up``.
+
+    Raises:
+        ValueError: `field` is not varied by the grid, or a value is not among its values.
     """
-    columns = [c for c in metric_columns(rows) if c != field]
-    config = {"run", "protocol", "data", "epochs", "wall_seconds", "commit", field, *columns}
+    if field not in grid.params:
+        raise ValueError(f"{field!r} is not a field the grid varies ({list(grid.params)})")
+    for value in (baseline, other):
+        if value not in grid.params[field]:
+            raise ValueError(f"{value!r} is not a value of {field} in the grid: {grid.params[field]}")
+    others = [k for k in grid.params if k != field]
 
     def key(row):
-        return tuple(sorted((k, str(v)) for k, v in row.items() if k not in config))
+        return (*(str(row[k]) for k in others), str(row["seed"]))
 
-    base = {key(r): r for r in rows if str(r[field]) == str(baseline)}
-    pairs = [(base[key(r)], r) for r in rows if str(r[field]) == str(other) and key(r) in base]
+    ok = [r for r in rows if r.get("status", "ok") == "ok"]
+    base = {key(r): r for r in ok if r[field] == cell(baseline)}
+    pairs = [(base[key(r)], r) for r in ok if r[field] == cell(other) and key(r) in base]
     out = []
-    for column in columns:
-        diffs = [float(b[column]) - float(a[column]) for a, b in pairs]
+    for column in metric_columns(ok, exclude=list(grid.params)):
+        diffs = [float(b[column]) - float(a[column]) for a, b in pairs if a[column] != "" and b[column] != ""]
         if diffs:
             out.append(dict(metric=column, pairs=len(diffs), mean=round(sum(diffs) / len(diffs), 4),
                             min=round(min(diffs), 4), max=round(max(diffs), 4), up=sum(d > 0 for d in diffs)))  # fmt: skip
     return out
+
+
+def _number(value: Any, missing: float = math.nan) -> float:
+    """A cell as a float; `missing` for an empty one."""
+    return missing if value in ("", None) else float(value)
 
 
 def _is_number(value: Any) -> bool:
@@ -351,7 +494,7 @@ def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
 
 
 def setting_label(grid: Grid, row: Mapping[str, Any]) -> str:
-    """Short label of a combination: its varied values ("distance, fl+h, True")."""
+    """Label of a combination: its varied fields and values ("head=distance, loss=fl+h")."""
     return ", ".join(f"{k}={row[k]}" for k in grid.params)
 
 
@@ -378,7 +521,8 @@ def plot_grid(
 
     out_dir = Path(out_dir)
     summary = list(summary if summary is not None else summarize(grid, rows))
-    scores = [c for c in metric_columns(rows) if f"{c}_AUROC" in rows[0]]
+    rows = [r for r in rows if r.get("status", "ok") == "ok"]
+    scores = [c for c in metric_columns(rows, exclude=list(grid.params)) if f"{c}_AUROC" in rows[0]]
     paths = []
     fig = plot_grid_bars(grid, summary, scores)
     paths.append(out_dir / f"{grid.name}_aupr.png")
@@ -394,7 +538,7 @@ def plot_grid(
         paths.append(out_dir / f"{grid.name}_loss.png")
         fig.savefig(paths[-1], dpi=100)
         plt.close(fig)
-    best = max(rows, key=lambda r: max(float(r[s]) for s in scores))
+    best = max(rows, key=lambda r: max(_number(r[s]) for s in scores))
     for figure in BEST_RUN_FIGURES:
         source = out_dir / "runs" / best["run"] / f"{figure}.png"
         if source.is_file():
@@ -419,16 +563,16 @@ def plot_grid_bars(grid: Grid, summary: Sequence[Mapping[str, Any]], scores: Seq
     y = np.arange(len(summary))
     bar = 0.8 / max(1, len(scores))
     for j, score in enumerate(scores):
-        means = [float(s[score]) for s in summary]
-        stds = [float(s[f"{score}_std"]) if s.get(f"{score}_std") not in ("", None) else 0.0 for s in summary]
+        means = [_number(s[score]) for s in summary]
+        stds = [_number(s.get(f"{score}_std"), 0.0) for s in summary]
         bars = ax.barh(y + (j - (len(scores) - 1) / 2) * bar, means, bar, xerr=stds, label=score, capsize=2)
         ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel(f"AUPR (%, {grid.protocol}) - higher is better")
     ax.legend(fontsize=8, loc="lower right")
-    means = [float(s["mIoU"]) for s in summary]
-    stds = [float(s["mIoU_std"]) if s.get("mIoU_std") not in ("", None) else 0.0 for s in summary]
+    means = [_number(s["mIoU"]) for s in summary]
+    stds = [_number(s.get("mIoU_std"), 0.0) for s in summary]
     bars = ax_iou.barh(y, means, 0.6, xerr=stds, color="#8c8c8c", capsize=2)
     ax_iou.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
     ax_iou.set_xlabel("mIoU (%)")
@@ -443,8 +587,8 @@ def plot_grid_heatmap(grid: Grid, summary: Sequence[Mapping[str, Any]], scores: 
     import numpy as np
 
     first, second = grid.params
-    rows_v = [str(v) for v in grid.params[first]]
-    cols_v = [str(v) for v in grid.params[second]]
+    rows_v = [cell(v) for v in grid.params[first]]
+    cols_v = [cell(v) for v in grid.params[second]]
     panels = [*scores, "mIoU"]
     fig, axes = plt.subplots(
         1,
@@ -456,7 +600,8 @@ def plot_grid_heatmap(grid: Grid, summary: Sequence[Mapping[str, Any]], scores: 
     for ax, column in zip(axes[0], panels, strict=True):
         grid_values = np.full((len(rows_v), len(cols_v)), np.nan)
         for s in summary:
-            grid_values[rows_v.index(str(s[first])), cols_v.index(str(s[second]))] = float(s[column])
+            if s[column] != "":
+                grid_values[rows_v.index(str(s[first])), cols_v.index(str(s[second]))] = float(s[column])
         ax.imshow(grid_values, cmap="viridis")
         for (i, j), v in np.ndenumerate(grid_values):
             if not np.isnan(v):
@@ -494,7 +639,10 @@ def plot_grid_losses(rows: Sequence[Mapping[str, Any]], runs_dir: Path):
 
 __all__ = [
     "Grid",
+    "GridLockedError",
     "GridRun",
+    "cell",
+    "config_id",
     "grid_row",
     "metric_columns",
     "paired_difference",

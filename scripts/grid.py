@@ -86,7 +86,7 @@ def parse_setting(text: str) -> tuple[str, object]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from lib.data import DatasetError
-    from lib.grid import Grid, run_grid
+    from lib.grid import Grid, GridLockedError, run_grid
 
     try:
         grid = Grid.load(args.grid)
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             dry_run=args.dry_run,
             **{k: v for k, v in runtime.items() if v is not None},
         )
-    except (DatasetError, FileNotFoundError, ValueError) as err:
+    except (DatasetError, FileNotFoundError, ValueError, GridLockedError) as err:
         print(f"\nerror: {err}", file=sys.stderr)
         return 2
     if rows and not args.dry_run:
@@ -121,13 +121,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def parse_comparison(text: str, grid) -> tuple[str, str, str]:
-    """``FIELD=A,B`` -> (field, A, B); the field must be one the grid varies."""
+def parse_comparison(text: str, grid) -> tuple[str, object, object]:
+    """``FIELD=A,B`` -> (field, A, B), values read like --set ones and checked against the grid's."""
     field, _, values = text.partition("=")
     pair = values.split(",")
     if field not in grid.params or len(pair) != 2:
         raise ValueError(f"--compare {text!r}: expected FIELD=A,B with FIELD among {list(grid.params)}")
-    return field, pair[0], pair[1]
+    parsed = [parse_setting(f"v={value}")[1] for value in pair]
+    for value in parsed:
+        if value not in grid.params[field]:
+            raise ValueError(
+                f"--compare {text!r}: {value!r} is not among the grid's {field} values {grid.params[field]}"
+            )
+    return field, parsed[0], parsed[1]
 
 
 def print_report(grid, rows, comparisons) -> None:
@@ -135,22 +141,28 @@ def print_report(grid, rows, comparisons) -> None:
     from lib.grid import paired_difference, summarize
 
     summary = summarize(grid, rows)
-    scores = [c for c in rows[0] if f"{c}_AUROC" in rows[0]]
+    ok = [r for r in rows if r.get("status", "ok") == "ok"]
+    scores = [c for c in ok[0] if f"{c}_AUROC" in ok[0]] if ok else []
     columns = [*grid.params, "n", "mIoU", *scores]
-    print(
-        f"\n{grid.name}: {len(rows)} runs, {rows[0]['data']}, {grid.protocol} AUPR (%), mean +- std over seeds"
-    )
+    if not ok:
+        print(f"\n{grid.name}: every run failed: " + "; ".join(f"{r['run']}: {r['status']}" for r in rows))
+        return
+    print(f"\n{grid.name}: {len(ok)} runs, {ok[0]['data']}, {grid.protocol} AUPR (%), mean +- std over seeds")
+    for r in rows:
+        if r not in ok:
+            print(f"  left out: {r['run']} ({r['status']})")
     print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
     for entry in summary:
         cells = [str(entry[c]) for c in (*grid.params, "n")]
         for c in ("mIoU", *scores):
             std = entry.get(f"{c}_std")
-            cells.append(f"{entry[c]:.2f}" + (f" +- {std:.2f}" if std not in ("", None) else ""))
+            mean = "" if entry[c] == "" else f"{entry[c]:.2f}"
+            cells.append(mean + (f" +- {std:.2f}" if std not in ("", None) else ""))
         print("| " + " | ".join(cells) + " |")
     for field, a, b in comparisons:
         print(f"\n{field}: {b} minus {a}, over runs equal in everything else (percentage points)")
         print("| metric | pairs | mean | min | max | pairs up |\n|---|---|---|---|---|---|")
-        for e in paired_difference(rows, field, a, b):
+        for e in paired_difference(grid, rows, field, a, b):
             print(
                 f"| {e['metric']} | {e['pairs']} | {e['mean']:+.2f} | {e['min']:+.2f} | {e['max']:+.2f} | {e['up']} |"
             )

@@ -95,6 +95,7 @@ def test_row_keeps_the_reference_columns(tmp_path):
     for column in ("loss", "entropy_weight", "gamma_focal", "class_weights", "backbone", "head"):
         assert row[column] == getattr(item.config, column)
     assert row["dataset"] == "none" and row["protocol"] == "pooled" and row["seed"] == 0
+    assert row["status"] == "ok" and len(row["config_id"]) == 10
     per_image = grid_row(Grid(**{**grid.__dict__, "protocol": "per-image"}), item, {**metrics, "data": "d",
                          "wall_seconds": 3.0, "commit": "abc"})  # fmt: skip
     assert per_image["maxlog"] == 10.5 and per_image["protocol"] == "per-image"
@@ -181,23 +182,87 @@ def test_grid_survives_random_kills(tmp_path):
         assert 0.0 <= float(row["mIoU"]) <= 100.0 and 0.0 <= float(row["entropy"]) <= 100.0
 
 
-def test_paired_difference_matches_runs_that_differ_in_one_field():
+def test_paired_difference_matches_runs_that_differ_in_one_field(tmp_path):
     from lib.grid import paired_difference
 
+    grid = _tiny_grid(tmp_path, params={"head": ["standard", "distance"], "class_weights": [False, True]})
     rows = [
-        {"run": "a", "head": "standard", "loss": "ce", "seed": "0", "msp": "10", "maxlog": "20"},
-        {"run": "b", "head": "distance", "loss": "ce", "seed": "0", "msp": "14", "maxlog": "5"},
-        {"run": "c", "head": "standard", "loss": "fl+h", "seed": "0", "msp": "11", "maxlog": "21"},
-        {"run": "d", "head": "distance", "loss": "fl+h", "seed": "0", "msp": "10", "maxlog": "6"},
+        {"run": "a", "head": "standard", "class_weights": "False", "seed": "0", "msp": "10", "maxlog": "20"},
+        {"run": "b", "head": "distance", "class_weights": "False", "seed": "0", "msp": "14", "maxlog": "5"},
+        {"run": "c", "head": "standard", "class_weights": "True", "seed": "0", "msp": "11", "maxlog": "21"},
+        {"run": "d", "head": "distance", "class_weights": "True", "seed": "0", "msp": "10", "maxlog": "6"},
         {
             "run": "e",
             "head": "distance",
-            "loss": "fl+h",
+            "class_weights": "True",
             "seed": "1",
             "msp": "99",
             "maxlog": "99",
-        },  # no partner
+        },  # alone
+        {"run": "f", "head": "standard", "class_weights": "True", "seed": "1", "status": "failed: NaN"},
     ]
-    effect = {e["metric"]: e for e in paired_difference(rows, "head", "standard", "distance")}
+    effect = {e["metric"]: e for e in paired_difference(grid, rows, "head", "standard", "distance")}
     assert effect["msp"] == dict(metric="msp", pairs=2, mean=1.5, min=-1.0, max=4.0, up=1)
     assert effect["maxlog"]["mean"] == -15.0 and effect["maxlog"]["up"] == 0
+    weights = {e["metric"]: e for e in paired_difference(grid, rows, "class_weights", False, True)}
+    assert weights["msp"]["pairs"] == 2 and weights["msp"]["mean"] == -1.5  # booleans as the CSV spells them
+    with pytest.raises(ValueError, match="not a value of class_weights"):
+        paired_difference(grid, rows, "class_weights", "false", "true")
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(seeds=[0, 0]), "share a run name"),
+        (dict(params={"head": ["standard", "standard"]}), "share a run name"),
+        (dict(params={"n_train": [8, 16]}), "change the generated data"),
+        (dict(base={"head": "cosine"}), r"both fixed .* and varied"),
+    ],
+)
+def test_grids_that_cannot_run_safely_are_refused(tmp_path, changes, message):
+    with pytest.raises(ValueError, match=message):
+        _tiny_grid(tmp_path, **changes)
+
+
+def test_changed_settings_are_not_mixed_with_old_rows(tmp_path):
+    grid = _tiny_grid(tmp_path, params={"head": ["standard"]})
+    item = grid.runs(out_dir=str(tmp_path))[0]
+    stale = {"run": item.name, "head": "standard", "config_id": "0123456789", "status": "ok"}
+    with (tmp_path / "t.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(stale))
+        writer.writeheader()
+        writer.writerow(stale)
+    with pytest.raises(ValueError, match=r"made with other settings.*delete their rows"):
+        run_grid(grid, out_dir=tmp_path, dry_run=True)
+
+
+def test_a_diverging_run_gets_a_failed_row_and_the_grid_goes_on(tmp_path, monkeypatch):
+    import lib.experiment
+
+    grid = _tiny_grid(tmp_path, params={"head": ["standard", "distance"]})
+    real_run = lib.experiment.run
+
+    def run(cfg, **kwargs):
+        if cfg.head == "standard":
+            raise FloatingPointError("loss is nan at epoch 1, step 0")
+        return real_run(cfg, **kwargs)
+
+    monkeypatch.setattr(lib.experiment, "run", run)
+    rows = run_grid(grid, out_dir=tmp_path, keep_examples=0)
+    assert [r["status"] for r in rows] == ["failed: loss is nan at epoch 1, step 0", "ok"]
+    assert rows[0]["mIoU"] == "" and float(rows[1]["mIoU"]) >= 0.0
+    summary = read_rows(tmp_path / "t_summary.csv")
+    assert [s["head"] for s in summary] == ["distance"]
+
+
+def test_one_runner_per_grid(tmp_path):
+    import fcntl
+
+    from lib.grid import GridLockedError
+
+    grid = _tiny_grid(tmp_path, params={"head": ["standard"]})
+    with (tmp_path / ".t.lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(GridLockedError, match="another runner"):
+            run_grid(grid, out_dir=tmp_path, dry_run=True)
+    assert run_grid(grid, out_dir=tmp_path, dry_run=True) == []  # free again

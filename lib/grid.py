@@ -567,6 +567,10 @@ def plot_grid_bars(grid: Grid, summary: Sequence[Mapping[str, Any]], scores: Seq
         stds = [_number(s.get(f"{score}_std"), 0.0) for s in summary]
         bars = ax.barh(y + (j - (len(scores) - 1) / 2) * bar, means, bar, xerr=stds, label=score, capsize=2)
         ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+    shares = [_number(s.get("anomaly_pixel_share")) for s in summary]
+    shares = [v for v in shares if not math.isnan(v)]
+    if shares:  # a random score's AUPR is the anomaly pixel share
+        ax.axvline(sum(shares) / len(shares), color="gray", linestyle="--", linewidth=1, label="random score")
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel(f"AUPR (%, {grid.protocol}) - higher is better")

@@ -6,8 +6,8 @@ in every output key:
 
 - ``pooled``: over every counted pixel of the split at once (the StreetHazards reference
   project, SegmentMeIfYouCan, Mask2Anomaly), from a constant-memory rank histogram;
-- ``per-image``: exact per image, averaged over the images holding both anomaly and inlier
-  pixels (the official anomaly-seg code, PAnS, DML).
+- ``per-image``: per image (with the same score bins as the pooled histogram), averaged over
+  the images holding both anomaly and inlier pixels (the official anomaly-seg code, PAnS, DML).
 
 The two give different numbers; compare a result only with one of the same protocol.
 """

@@ -459,7 +459,7 @@ def paired_difference(
     base = {key(r): r for r in ok if r[field] == cell(baseline)}
     pairs = [(base[key(r)], r) for r in ok if r[field] == cell(other) and key(r) in base]
     out = []
-    for column in metric_columns(ok, exclude=list(grid.params)):
+    for column in metric_columns(ok, exclude=[*grid.params, "anomaly_pixel_share"]):  # a data property
         diffs = [float(b[column]) - float(a[column]) for a, b in pairs if a[column] != "" and b[column] != ""]
         if diffs:
             out.append(dict(metric=column, pairs=len(diffs), mean=round(sum(diffs) / len(diffs), 4),

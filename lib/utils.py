@@ -53,12 +53,20 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """torch.save through a temporary file and a rename (a crash never leaves a torn file)."""
+    """torch.save through a temporary file, flushed to disk, and a rename (neither a crash nor a
+    power cut leaves a torn file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def append_csv_row(path: str | Path, row: Mapping[str, Any]) -> None:

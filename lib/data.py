@@ -371,14 +371,7 @@ class SegmentationDataset(Dataset):
                 f"split {self.split!r} of {self.name} under {self.root} is empty: no image in {where}; "
                 "check that the dataset was extracted completely"
             )
-        samples = [Sample(p, annotation_for(p)) for p in sorted(images)]
-        for s in samples:
-            if not s.annotation.is_file():
-                raise DatasetError(
-                    f"image {s.image} has no annotation (expected {s.annotation}); "
-                    "restore the annotation or remove the image"
-                )
-        return samples
+        return _with_annotations([Sample(p, annotation_for(p)) for p in sorted(images)])
 
 
 def suggest_root(root: Path, required: Sequence[str]) -> Path | None:
@@ -431,6 +424,11 @@ def find_samples(root: str | Path, split: str) -> list[Sample]:
             f"split {split!r} under {root} is empty: no PNG in {root / image_dir}; "
             "check that the dataset was extracted completely"
         )
+    return _with_annotations(samples)
+
+
+def _with_annotations(samples: list[Sample]) -> list[Sample]:
+    """`samples`, after checking that every annotation file exists (else DatasetError naming it)."""
     for s in samples:
         if not s.annotation.is_file():
             raise DatasetError(

@@ -22,6 +22,8 @@ from torch import nn
 from torchvision import models
 from torchvision.models.mobilenetv2 import InvertedResidual
 
+from .layers import adopt_resnet
+
 __all__ = ["BACKBONES", "Backbone", "MobileNetV2Backbone", "ResNetBackbone", "build_backbone"]
 
 
@@ -48,15 +50,7 @@ class ResNetBackbone(Backbone):
 
     def __init__(self, resnet: models.ResNet, *, output_stride: int) -> None:
         super().__init__()
-        # Registered in torchvision's order so state-dict keys come out in the same order as VainF's.
-        self.conv1 = resnet.conv1
-        self.bn1 = resnet.bn1
-        self.relu = resnet.relu
-        self.maxpool = resnet.maxpool
-        self.layer1 = resnet.layer1
-        self.layer2 = resnet.layer2
-        self.layer3 = resnet.layer3
-        self.layer4 = resnet.layer4
+        adopt_resnet(self, resnet)
         self.low_level_channels = resnet.layer1[-1].conv3.out_channels
         self.out_channels = resnet.layer4[-1].conv3.out_channels
         self.output_stride = output_stride

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["AtrousSeparableConv", "DoubleConv", "conv_bn_relu", "convert_to_separable", "init_conv_bn"]
+__all__ = [
+    "AtrousSeparableConv",
+    "DoubleConv",
+    "adopt_resnet",
+    "conv_bn_relu",
+    "convert_to_separable",
+    "init_conv_bn",
+]
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1) -> list[nn.Module]:
@@ -87,3 +94,14 @@ def convert_to_separable(module: nn.Module) -> nn.Module:
         else:
             convert_to_separable(child)
     return module
+
+
+#: The parts of a torchvision ResNet an encoder keeps (``avgpool`` and ``fc`` are dropped).
+RESNET_PARTS = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+
+
+def adopt_resnet(module: nn.Module, resnet: nn.Module) -> None:
+    """Register `resnet`'s stem and four stages on `module` under torchvision's names and in its
+    order, so the state-dict keys come out as torchvision's (and VainF's) do."""
+    for name in RESNET_PARTS:
+        setattr(module, name, getattr(resnet, name))

@@ -26,7 +26,7 @@ from torch import nn
 from torchvision import models
 
 from .heads import Head
-from .layers import DoubleConv, init_conv_bn
+from .layers import DoubleConv, adopt_resnet, init_conv_bn
 from .model import Decoder
 
 __all__ = ["UPSAMPLING_MODES", "PlainEncoder", "ResNetEncoder", "UNetDecoder", "UNetUpBlock"]
@@ -49,14 +49,7 @@ class ResNetEncoder(nn.Module):
 
     def __init__(self, resnet: models.ResNet) -> None:
         super().__init__()
-        self.conv1 = resnet.conv1
-        self.bn1 = resnet.bn1
-        self.relu = resnet.relu
-        self.maxpool = resnet.maxpool
-        self.layer1 = resnet.layer1
-        self.layer2 = resnet.layer2
-        self.layer3 = resnet.layer3
-        self.layer4 = resnet.layer4
+        adopt_resnet(self, resnet)
         layers = (self.layer1, self.layer2, self.layer3, self.layer4)
         self.channels: tuple[int, ...] = (self.bn1.num_features, *map(_stage_out_channels, layers))
         self.strides: tuple[int, ...] = (2, 4, 8, 16, 32)

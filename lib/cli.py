@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
+from typing import Any
 
 
 def script_parser(doc: str) -> argparse.ArgumentParser:
@@ -13,3 +16,48 @@ def script_parser(doc: str) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(
         description=first, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+
+
+class UsageError(Exception):
+    """A command line that cannot run as given (the message says why and what to change)."""
+
+
+def run_config(args: argparse.Namespace, *, preset: str) -> tuple[dict[str, Any] | None, Any]:
+    """(checkpoint, RunConfig) of a training command: the preset with the flags given or, with
+    ``args.resume``, the checkpoint's own config with the runtime flags given.
+
+    Raises:
+        UsageError: a flag conflicts with the checkpoint, a value is invalid, or the file is not
+            a training checkpoint.
+    """
+    from lib.config import config_from_args, config_with_overrides, given_fields, presets
+    from lib.train import load_checkpoint
+
+    try:
+        if not getattr(args, "resume", None):
+            return None, config_from_args(args, base=presets()[preset])
+        checkpoint = load_checkpoint(args.resume)
+        purpose = f"--resume {checkpoint['path']}"
+        return checkpoint, config_with_overrides(checkpoint["config"], given_fields(args), purpose=purpose)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+
+
+def run_reporting_errors(body: Callable[[], int]) -> int:
+    """Run a command's body; a usage error, a dataset problem or a missing file (messages that
+    name the fix) end it with that message and exit code 2 instead of a traceback. The process
+    group of a torchrun launch is shut down either way."""
+    from lib import distributed
+    from lib.data import DatasetError
+
+    try:
+        return body()
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+    except DatasetError as err:
+        print(f"\ndataset error: {err}", file=sys.stderr)
+    except FileNotFoundError as err:
+        print(f"\nerror: {err}", file=sys.stderr)
+    finally:
+        distributed.cleanup()
+    return 2

@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lib.cli import script_parser  # noqa: E402
-from lib.config import add_config_arguments, config_from_args, presets  # noqa: E402
+from lib.config import add_config_arguments, presets  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,37 +48,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from lib import distributed
-    from lib.config import config_with_overrides, given_fields
-    from lib.data import DatasetError
+    from lib.cli import run_config, run_reporting_errors
     from lib.experiment import run
-    from lib.train import load_checkpoint
 
     distributed.init_from_env(device=args.device or "auto")
-    try:
-        try:
-            if args.resume:
-                checkpoint = load_checkpoint(args.resume)
-                purpose = f"--resume {checkpoint['path']}"
-                cfg = config_with_overrides(checkpoint["config"], given_fields(args), purpose=purpose)
-            else:
-                checkpoint, cfg = None, config_from_args(args, base=presets()[args.preset])
-        except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+
+    def body() -> int:
+        checkpoint, cfg = run_config(args, preset=args.preset)
         if distributed.is_main():
-            print(
-                f"{'resuming ' + checkpoint['path'] if checkpoint else 'preset ' + args.preset}:\n{cfg.to_json()}"
-            )
+            source = f"resuming {checkpoint['path']}" if checkpoint else f"preset {args.preset}"
+            print(f"{source}:\n{cfg.to_json()}")
         run(cfg, resume=checkpoint)
-    except DatasetError as err:
-        print(f"\ndataset error: {err}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as err:
-        print(f"\nerror: {err}", file=sys.stderr)
-        return 2
-    finally:
-        distributed.cleanup()
-    return 0
+        return 0
+
+    return run_reporting_errors(body)
 
 
 if __name__ == "__main__":

@@ -35,11 +35,7 @@ from lib.cli import script_parser  # noqa: E402
 from lib.config import (  # noqa: E402
     SEED_FLAG_NOTES,
     SEED_FLAGS,
-    RunConfig,
     add_config_arguments,
-    config_from_args,
-    config_with_overrides,
-    given_fields,
     presets,
 )
 
@@ -64,31 +60,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def build_config(args: argparse.Namespace, checkpoint: dict | None) -> RunConfig:
-    """The preset with the flags given; on --resume, the checkpoint's config with the runtime flags given."""
-    if checkpoint is None:
-        return config_from_args(args, base=presets()[args.preset or "demo"])
-    return config_with_overrides(
-        checkpoint["config"], given_fields(args), purpose=f"--resume {checkpoint['path']}"
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from lib.data import DatasetError
+    from lib.cli import run_config, run_reporting_errors
     from lib.experiment import train
-    from lib.train import load_checkpoint
 
     device = distributed.init_from_env(device=args.device or "auto")
-    try:
-        checkpoint = load_checkpoint(args.resume) if args.resume else None
-        try:
-            cfg = build_config(args, checkpoint)
-        except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+
+    def body() -> int:
+        preset = args.preset or "demo"
+        checkpoint, cfg = run_config(args, preset=preset)
         if distributed.is_main():
-            source = f"resuming {checkpoint['path']}" if checkpoint else f"preset {args.preset or 'demo'}"
+            source = f"resuming {checkpoint['path']}" if checkpoint else f"preset {preset}"
             print(f"{source}:\n{cfg.to_json()}")
         # One process: cfg.device decides (it may come from the checkpoint); torchrun: this rank's.
         trained = train(cfg, resume=checkpoint, device=device if distributed.is_distributed() else None)
@@ -99,15 +82,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{best['epoch']}; run folder: {trained.run_dir}\n"
                 f"evaluate it with: python scripts/test.py --checkpoint {trained.run_dir}"
             )
-    except DatasetError as err:
-        print(f"\ndataset error: {err}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as err:
-        print(f"\nerror: {err}", file=sys.stderr)
-        return 2
-    finally:
-        distributed.cleanup()
-    return 0
+        return 0
+
+    return run_reporting_errors(body)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ from typing import Any
 import tomllib
 
 from lib.config import RUNTIME_FIELDS, RunConfig, presets
-from lib.utils import append_csv_row, atomic_write_bytes
+from lib.utils import append_csv_row, atomic_write_bytes, write_csv
 
 #: Short column names of the reference project's CSVs (other scores keep their own name).
 SCORE_COLUMNS = {"maxlogit": "maxlog"}
@@ -234,11 +234,7 @@ def grid_row(grid: Grid, item: GridRun, row: Mapping[str, Any]) -> dict[str, Any
     for score in cfg.scores:
         out[f"{score_column(score)}_AUROC"] = row[f"ood/{score}/AUROC/{p}"]
         out[f"{score_column(score)}_FPR95"] = row[f"ood/{score}/FPR95/{p}"]
-    for name in CONFIG_COLUMNS:
-        value = (cfg.pretrained_on or "none") if name == "dataset" else getattr(cfg, name)
-        out[name] = value
-    for name, value in item.values.items():
-        out.setdefault(name, cell(value))
+    out.update(_setting_columns(item))
     out.update(
         protocol=p,
         data=row["data"],
@@ -253,16 +249,25 @@ def grid_row(grid: Grid, item: GridRun, row: Mapping[str, Any]) -> dict[str, Any
     return out
 
 
+def _setting_columns(item: GridRun) -> dict[str, Any]:
+    """The reference project's config columns (``dataset`` = the pretraining source), then every
+    other field the grid varies, as its CSV cell."""
+    cfg = item.config
+    out = {
+        name: (cfg.pretrained_on or "none") if name == "dataset" else getattr(cfg, name)
+        for name in CONFIG_COLUMNS
+    }
+    for name, value in item.values.items():
+        out.setdefault(name, cell(value))
+    return out
+
+
 def failed_row(grid: Grid, item: GridRun, error: BaseException) -> dict[str, Any]:
     """The row of a run that diverged (NaN loss): its settings and why, no metrics."""
     from lib.experiment import git_commit
 
     cfg = item.config
-    out: dict[str, Any] = {"run": item.name}
-    for name in CONFIG_COLUMNS:
-        out[name] = (cfg.pretrained_on or "none") if name == "dataset" else getattr(cfg, name)
-    for name, value in item.values.items():
-        out.setdefault(name, cell(value))
+    out: dict[str, Any] = {"run": item.name, **_setting_columns(item)}
     first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
     out.update(protocol=grid.protocol, seed=item.seed, epochs=cfg.epochs, commit=git_commit(),
                status=f"failed: {first_line}", config_id=config_id(cfg, grid.protocol))  # fmt: skip
@@ -335,7 +340,7 @@ def run_grid(
     result = [rows[n] for n in names if n in rows]
     if any(r.get("status", "ok") == "ok" for r in result) and not dry_run:
         summary = summarize(grid, result)
-        _write_csv(out / f"{grid.name}_summary.csv", summary)
+        write_csv(out / f"{grid.name}_summary.csv", summary)
         plot_grid(grid, result, out, summary=summary)
     return result
 
@@ -478,19 +483,6 @@ def _is_number(value: Any) -> bool:
     except (TypeError, ValueError):
         return False
     return not isinstance(value, bool) and str(value).lower() not in ("true", "false")
-
-
-def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    import io
-
-    header: list[str] = []
-    for row in rows:
-        header += [k for k in row if k not in header]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=header)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_bytes(path, buffer.getvalue().encode())
 
 
 def setting_label(grid: Grid, row: Mapping[str, Any]) -> str:

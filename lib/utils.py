@@ -69,26 +69,33 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         raise
 
 
+def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write rows as a CSV, atomically; the header is every key in order of first appearance."""
+    header: list[str] = []
+    for row in rows:
+        header += [k for k in row if k not in header]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=header)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buffer.getvalue().encode())
+
+
 def append_csv_row(path: str | Path, row: Mapping[str, Any]) -> None:
     """Append one row to a CSV, widening the header when the row brings new columns.
 
     The whole file is rewritten atomically, so an interrupted append loses nothing.
     """
     path = Path(path)
-    rows: list[dict[str, Any]] = []
-    header: list[str] = []
+    rows: list[Mapping[str, Any]] = []
     if path.is_file():
         with path.open(newline="") as f:
             reader = csv.DictReader(f)
-            header = list(reader.fieldnames or [])
-            rows = list(reader)
-    header += [k for k in row if k not in header]
-    rows.append(dict(row))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=header, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_bytes(path, buffer.getvalue().encode())
+            header = dict.fromkeys(reader.fieldnames or [], "")
+            rows = [
+                {**header, **{k: v for k, v in r.items() if k is not None}} for r in reader
+            ]  # None: surplus cells
+    write_csv(path, [*rows, row])
 
 
 def next_run_dir(out_dir: str | Path, name: str | None = None) -> Path:

@@ -55,8 +55,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from lib.cli import run_reporting_errors
+
+    return run_reporting_errors(lambda: evaluate_checkpoint(args))
+
+
+def evaluate_checkpoint(args: argparse.Namespace) -> int:
+    """Rebuild the checkpoint's model and config, evaluate it, print and record the results."""
+    from lib.cli import UsageError
     from lib.config import config_with_overrides, given_fields
-    from lib.data import DatasetError, make_loader
+    from lib.data import make_loader
     from lib.experiment import evaluate_model, make_datasets, make_model, prepare_data, results_row
     from lib.test import results_table
     from lib.train import load_checkpoint
@@ -69,16 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_with_overrides(checkpoint["config"], given, purpose=f"evaluating {path}")
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise UsageError(str(err)) from err
     print(f"checkpoint {path} (epoch {checkpoint['epoch']}):\n{cfg.to_json()}")
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
-    try:
-        prepare_data(cfg)
-    except DatasetError as err:
-        print(f"\ndataset error: {err}", file=sys.stderr)
-        return 2
+    prepare_data(cfg)
     test_set = make_datasets(cfg).test
     loader = make_loader(
         test_set, batch_size=cfg.eval_batch_size, shuffle=False, num_workers=cfg.num_workers, seed=cfg.seed

@@ -741,7 +741,10 @@ def test_seeded_output_is_stable(arch: str, backbone: str, train: bool) -> None:
     with torch.no_grad():
         logits = model(x)
     summary = torch.stack([logits.mean(), logits.std(), logits[0, :, 10, 20].mean(), logits[0, 5].max()])
-    torch.testing.assert_close(summary, torch.tensor(GOLDEN[arch, backbone, train]), rtol=1e-3, atol=1e-6)
+    golden = torch.tensor(GOLDEN[arch, backbone, train])
+    # The mean over classes at one pixel is a sum that nearly cancels: CPU kernels that add in another
+    # order (oneDNN picks them by instruction set) move it by ~1e-5 of the logits' spread.
+    torch.testing.assert_close(summary, golden, rtol=1e-3, atol=2e-5 * float(golden[1]))
 
 
 @pytest.mark.parametrize("arch", ["deeplabv3plus", "deeplabv3"])

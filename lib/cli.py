@@ -31,11 +31,13 @@ def run_config(args: argparse.Namespace, *, preset: str) -> tuple[dict[str, Any]
             a training checkpoint.
     """
     from lib.config import config_from_args, config_with_overrides, given_fields, presets
-    from lib.train import load_checkpoint
+    from lib.train import latest_run, load_checkpoint
 
     try:
         if not getattr(args, "resume", None):
             return None, config_from_args(args, base=presets()[preset])
+        if args.resume == "latest":
+            args.resume = latest_run(args.out_dir or presets()[preset].get("out_dir", "ckpts"))
         checkpoint = load_checkpoint(args.resume)
         purpose = f"--resume {checkpoint['path']}"
         return checkpoint, config_with_overrides(checkpoint["config"], given_fields(args), purpose=purpose)
@@ -44,11 +46,13 @@ def run_config(args: argparse.Namespace, *, preset: str) -> tuple[dict[str, Any]
 
 
 def run_reporting_errors(body: Callable[[], int]) -> int:
-    """Run a command's body; a usage error, a dataset problem or a missing file (messages that
-    name the fix) end it with that message and exit code 2 instead of a traceback. The process
+    """Run a command's body; a usage error, a dataset, download or weights-file problem, or a missing
+    file (messages that name the fix) end it with that message and exit code 2 instead of a traceback. The process
     group of a torchrun launch is shut down either way."""
     from lib import distributed
     from lib.data import DatasetError
+    from lib.download import DownloadError
+    from lib.weights import WeightsError
 
     try:
         return body()
@@ -56,6 +60,8 @@ def run_reporting_errors(body: Callable[[], int]) -> int:
         print(f"error: {err}", file=sys.stderr)
     except DatasetError as err:
         print(f"\ndataset error: {err}", file=sys.stderr)
+    except (WeightsError, DownloadError) as err:
+        print(f"\nerror: {err}", file=sys.stderr)
     except FileNotFoundError as err:
         print(f"\nerror: {err}", file=sys.stderr)
     finally:

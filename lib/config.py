@@ -18,7 +18,9 @@ ALL_SCORES = (*SCORES, "sml", "pans", "abet")
 DATASETS = ("synthetic", "streethazards")
 SCHEDULERS = ("plateau", "poly")
 OPTIMIZERS = ("adam", "sgd")
-AMP_MODES = ("off", "bf16", "fp16")
+AMP_MODES = ("off", "auto", "bf16", "fp16")
+#: Entropy terms of the +h losses (`lib.losses`): the softmax entropy, or the reference code's term.
+ENTROPY_TERMS = ("softmax", "true-class-rows")
 PRETRAINED_SOURCES = ("cityscapes", "voc")
 
 #: Fields that may differ from the checkpoint's config when training resumes (`--resume`) or a
@@ -26,6 +28,7 @@ PRETRAINED_SOURCES = ("cityscapes", "voc")
 #: long it goes on, and how it is evaluated. Every other field defines the training and must match.
 RUNTIME_FIELDS = (
     "data_root",
+    "download",
     "validate_data",
     "epochs",
     "early_stopping_patience",
@@ -36,6 +39,7 @@ RUNTIME_FIELDS = (
     "scores",
     "miou_exclude",
     "max_eval_images",
+    "weights_dir",
     "out_dir",
     "progress",
     "tensorboard",
@@ -67,6 +71,10 @@ class RunConfig:
     """Synthetic only: seed of the scene generator."""
     crop_size: tuple[int, int] = (128, 128)
     """Random training crop (height, width); the real dataset's seed setting is 512x512."""
+    download: bool = False
+    """StreetHazards: download (resumably) the archives missing from data_root before the run - the
+    test archive alone when only evaluating `weights`; an archive whose extraction is complete is
+    never fetched again."""
     validate_data: bool = True
     """Decode every annotation once before training and stop on the first problem found."""
     augment: bool = True
@@ -86,16 +94,26 @@ class RunConfig:
     pretrained_backbone: bool = False
     """Start from torchvision's ImageNet weights (needs internet the first time)."""
     checkpoint: str | None = None
-    """Optional VainF-format DeepLabv3+ checkpoint to fine-tune from (e.g. Cityscapes)."""
+    """DeepLabv3+ weights to fine-tune from: a file (VainF's wrapper, a bare state dict, or
+    module.-prefixed) or a name of lib.weights.WEIGHTS; the head is kept only when it fits."""
     pretrained_on: str | None = None
-    """Source of the DeepLabv3+ weights to fine-tune from: cityscapes or voc (the seed's --dataset);
-    read from `checkpoint` when given, else from <out_dir>/pretrained/ under VainF's file name."""
+    """Fine-tune from the known DeepLabv3+ weights of this backbone trained on cityscapes or voc
+    (the seed's --dataset), downloaded on first use into weights_dir; `checkpoint` wins when given."""
+    weights: str | None = None
+    """Evaluate these trained weights instead of training: a name of lib.weights.WEIGHTS (e.g.
+    streethazards-reference, downloaded on first use) or a file; loaded strictly, head included."""
+    weights_dir: str = "ckpts/pretrained"
+    """Cache folder of the known weight files (lib.weights); each is downloaded once."""
 
     # Loss
     loss: str = "fl+h"
     """Training loss: ce, ce+h (with entropy term), fl (focal) or fl+h."""
     entropy_weight: float = 0.1
     """Lambda of the entropy term in ce+h / fl+h (the seed's --gamma)."""
+    entropy_term: str = "softmax"
+    """The +h term: softmax (mean per-pixel entropy of the softmax, as the reference notebook writes
+    it) or true-class-rows (what the reference code computes: -sum over image ROWS of p_y log p_y,
+    p_y the true-class probability, averaged over images and columns; see lib.losses)."""
     gamma_focal: float = 2.0
     """Focusing parameter of the focal loss (fl, fl+h)."""
     class_weights: bool = False
@@ -127,7 +145,8 @@ class RunConfig:
     early_stopping_patience: int | None = None
     """Stop after this many epochs without a new best validation loss (default: run every epoch)."""
     amp: str = "off"
-    """Mixed precision: off (float32), bf16 (CPU and recent GPUs) or fp16 (GPU, with a GradScaler)."""
+    """Mixed precision: off (float32), bf16 (CPU and recent GPUs), fp16 (GPU, with a GradScaler), or
+    auto: bf16 on a GPU that has it, fp16 on one that has not (T4, P100), off on a CPU."""
     channels_last: bool = False
     """Train in the channels-last memory format (faster convolutions on tensor-core GPUs)."""
     compile: bool = False
@@ -180,6 +199,7 @@ class RunConfig:
         _check_choice("scheduler", self.scheduler, SCHEDULERS)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("amp", self.amp, AMP_MODES)
+        _check_choice("entropy_term", self.entropy_term, ENTROPY_TERMS)
         if self.pretrained_on is not None:
             _check_choice("pretrained_on", self.pretrained_on, PRETRAINED_SOURCES)
         for name in self.scores:
@@ -202,6 +222,11 @@ class RunConfig:
             )
         if len(self.crop_size) != 2 or min(self.crop_size) < 16:
             raise ValueError(f"crop_size must be (height, width) >= 16, got {self.crop_size}")
+        if self.weights and (self.checkpoint or self.pretrained_on):
+            raise ValueError(
+                f"weights={self.weights!r} evaluates trained weights without training, while checkpoint / "
+                "pretrained_on name where training starts: give one or the other"
+            )
         if self.gamma_focal < 0 or self.entropy_weight < 0:
             raise ValueError("gamma_focal and entropy_weight must be >= 0")
 
@@ -232,6 +257,41 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{name}={value!r} is not valid; choose one of: {', '.join(choices)}")
 
 
+#: The StreetHazards reference project's model and training recipe (its notebook, as the code runs):
+#: DeepLabv3+ ResNet-101 OS16 with the distance head, fine-tuned from Cityscapes weights with Adam
+#: (backbone lr 1e-5, head lr 1e-4, weight decay 1e-4), the learning rate halved after 5 epochs
+#: without a better validation loss, 50 epochs of batch 16 on 512x512 crops + flips, focal loss
+#: (gamma 2) + 0.1 x entropy, no class weights; mIoU over 12 classes (pedestrian, absent from the
+#: test split, left out). It trained in fp32 on a 16 GB P100; ``amp="auto"`` (fp16 + GradScaler on a
+#: T4, which has no bf16) is ours, so that batch 16 fits a 16 GB Colab GPU.
+REFERENCE_RECIPE: dict[str, Any] = dict(
+    dataset="streethazards",
+    data_root="data/streethazards",
+    download=True,
+    backbone="resnet101",
+    head="distance",
+    output_stride=16,
+    pretrained_on="cityscapes",
+    loss="fl+h",
+    gamma_focal=2.0,
+    entropy_weight=0.1,
+    class_weights=False,
+    optimizer="adam",
+    lr=1e-4,
+    backbone_lr=1e-5,
+    weight_decay=1e-4,
+    scheduler="plateau",
+    plateau_patience=5,
+    epochs=50,
+    batch_size=16,
+    crop_size=(512, 512),
+    miou_exclude=("pedestrian",),
+    amp="auto",
+    eval_batch_size=4,
+    num_workers=2,
+)
+
+
 def presets() -> dict[str, dict[str, Any]]:
     """Named settings on top of the defaults.
 
@@ -239,7 +299,10 @@ def presets() -> dict[str, dict[str, Any]]:
     - ``grid``: the demo's data, shorter training; one run of the tuning / ablation grids
       (``scripts/grids/``) in one to three minutes on 2 CPU cores.
     - ``tiny``: seconds; used by the tests and the notebook test.
-    - ``streethazards``: the seed's setting on the real dataset (GPU).
+    - ``streethazards``: the reference project's training recipe on the real dataset
+      (`REFERENCE_RECIPE`; a GPU).
+    - ``streethazards-reference``: no training: the reference project's published weights
+      evaluated on the real test split (1500 images at 1280x720, batch 8 as it did), test archive only.
     """
     return {
         "demo": dict(epochs=18),
@@ -256,15 +319,9 @@ def presets() -> dict[str, dict[str, Any]]:
             num_workers=0,
             max_steps_per_epoch=2,
         ),
-        "streethazards": dict(
-            dataset="streethazards",
-            data_root="data/streethazards",
-            crop_size=(512, 512),
-            backbone="resnet101",
-            epochs=50,
-            batch_size=16,
-            eval_batch_size=2,
-            num_workers=4,
+        "streethazards": dict(REFERENCE_RECIPE),
+        "streethazards-reference": dict(
+            REFERENCE_RECIPE, weights="streethazards-reference", pretrained_on=None, eval_batch_size=8
         ),
     }
 
@@ -276,6 +333,7 @@ FIELD_CHOICES: dict[str, tuple[str, ...]] = {
     "scheduler": SCHEDULERS,
     "optimizer": OPTIMIZERS,
     "amp": AMP_MODES,
+    "entropy_term": ENTROPY_TERMS,
     "pretrained_on": PRETRAINED_SOURCES,
     "scores": ALL_SCORES,
 }
@@ -423,6 +481,8 @@ __all__ = [
     "SCHEDULERS",
     "OPTIMIZERS",
     "AMP_MODES",
+    "ENTROPY_TERMS",
+    "REFERENCE_RECIPE",
     "PRETRAINED_SOURCES",
     "RUNTIME_FIELDS",
     "FIELD_CHOICES",

@@ -234,6 +234,9 @@ def download_file(
 def download_gdrive(file_id: str, output: str | Path, *, quiet: bool = False) -> Path:
     """Download a Google-Drive file (e.g. pretrained weights) with gdown; skipped if present.
 
+    gdown writes to a temporary file beside `output` and renames it when complete; with ``resume``
+    (``gdown -c``) a run after an interruption continues that temporary file.
+
     Raises:
         DownloadError: gdown returned no file (private file, quota exceeded, wrong id).
     """
@@ -243,7 +246,14 @@ def download_gdrive(file_id: str, output: str | Path, *, quiet: bool = False) ->
     import gdown
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    result = gdown.download(id=file_id, output=str(output), quiet=quiet)
+    try:
+        result = gdown.download(id=file_id, output=str(output), quiet=quiet, resume=True)
+    except Exception as err:  # gdown lets requests' connection errors and its own errors through
+        detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise DownloadError(
+            f"gdown could not fetch Google-Drive file {file_id} to {output} ({type(err).__name__}: {detail}); "
+            "check the internet connection and run again (a partial download is resumed)"
+        ) from None
     if result is None or not output.exists():
         raise DownloadError(
             f"gdown could not fetch Google-Drive file {file_id} to {output}; check that the file is "
@@ -345,6 +355,13 @@ def check_streethazards_counts(
     return counts
 
 
+def _part_complete(root: Path, part: str, expected: Mapping[str, int]) -> bool:
+    """Whether every split a tar part holds has its expected number of images under `root`."""
+    counts = count_streethazards_images(root)
+    splits = [split for split, (p, _) in _STREETHAZARDS_SPLITS.items() if p == part and split in expected]
+    return bool(splits) and all(counts[split] == expected[split] for split in splits)
+
+
 def download_streethazards(
     root: str | Path = "data/streethazards",
     *,
@@ -387,6 +404,11 @@ def download_streethazards(
         if marker.exists():
             if progress:
                 print(f"{part}: already extracted in {root} ({marker.name} present)")
+            continue
+        if expected_counts is not None and _part_complete(root, part, expected_counts):
+            marker.write_text("found complete\n")  # extracted by hand or by an older run: no download
+            if progress:
+                print(f"{part}: every image already in {root}; not downloading it")
             continue
         name = STREETHAZARDS_TARS[part][0]
         tar_path = download_file(

@@ -1,7 +1,9 @@
 """The steps of a run, and the functions that chain them: data -> model -> training -> evaluation -> files.
 
 The notebook calls the steps one by one; ``scripts/train.py`` calls `train` (every process under
-torchrun), ``scripts/main.py`` calls `run` (train, then evaluate on rank 0).
+torchrun), ``scripts/main.py`` calls `run` (train, then evaluate on rank 0, or - when the config
+names trained ``weights`` - `evaluate_weights` alone), ``scripts/test.py`` `evaluate_weights` for a
+weights file and its own loop for a training checkpoint.
 """
 
 from __future__ import annotations
@@ -32,26 +34,41 @@ from lib.data import (
     validate_split,
 )
 from lib.losses import SegmentationLoss
+from lib.published import comparison_table, published_results
 from lib.test import EvaluationResult, evaluate, fit_sml_statistics, results_table
 from lib.train import fit, load_checkpoint
 from lib.utils import append_csv_row, atomic_write_bytes, next_run_dir, pick_device, seed_everything
-from network import build_model, load_pretrained
+from lib.weights import fetch_weights, find_weights, load_initial_weights, load_weights, resolve_weights
+from network import build_model
 
 
 @dataclass
 class Datasets:
-    train: StreetHazards
-    val: StreetHazards
-    test: StreetHazards
+    """The splits of a run; a split left out (evaluation only: the test split alone) is None."""
+
+    train: StreetHazards | None
+    val: StreetHazards | None
+    test: StreetHazards | None
 
 
-def prepare_data(cfg: RunConfig) -> Path:
-    """Make sure the dataset is on disk (generating the synthetic one if absent) and valid.
+SPLITS = ("train", "val", "test")
+
+
+def prepare_data(cfg: RunConfig, *, splits: tuple[str, ...] = SPLITS) -> Path:
+    """Make sure the dataset's `splits` are on disk and valid: the synthetic data is generated when
+    absent; with ``cfg.download`` the StreetHazards archives holding `splits` are downloaded when
+    their images are not all there (`lib.download.download_streethazards`).
 
     Raises:
         lib.data.DatasetError: the first problem found, naming the file and the fix.
+        lib.download.DownloadError: a download that failed, naming the file and the fix.
     """
     root = Path(cfg.data_root)
+    if cfg.dataset == "streethazards" and cfg.download:
+        from lib.download import download_streethazards
+
+        parts = tuple(dict.fromkeys("test" if split == "test" else "train" for split in splits))
+        download_streethazards(root, parts=parts, progress=cfg.progress)
     if cfg.dataset == "synthetic":
         from lib.synthetic import generate_streethazards
 
@@ -66,53 +83,53 @@ def prepare_data(cfg: RunConfig) -> Path:
             seed=cfg.data_seed,
             progress=cfg.progress,
         )
-    for split in ("train", "val", "test"):
+    for split in splits:
         validate_split(root, split, decode=cfg.validate_data)
     return root
 
 
-def make_datasets(cfg: RunConfig) -> Datasets:
+def make_datasets(cfg: RunConfig, *, splits: tuple[str, ...] = SPLITS) -> Datasets:
     """Training split with random crop + flip (unless ``cfg.augment`` is off); validation and test
-    at full resolution."""
+    at full resolution. Splits not in `splits` are None."""
     root = Path(cfg.data_root)
-    return Datasets(
-        train=StreetHazards(
+    make = {
+        "train": lambda: StreetHazards(
             root, "train", transforms=train_transforms(cfg.crop_size) if cfg.augment else None
         ),
-        val=StreetHazards(root, "val"),
-        test=StreetHazards(root, "test", limit=cfg.max_eval_images),
-    )
+        "val": lambda: StreetHazards(root, "val"),
+        "test": lambda: StreetHazards(root, "test", limit=cfg.max_eval_images),
+    }
+    return Datasets(**{split: make[split]() if split in splits else None for split in SPLITS})
 
 
 def pretrained_path(cfg: RunConfig) -> Path | None:
-    """The DeepLabv3+ weights a run starts from: ``cfg.checkpoint``; else, for ``cfg.pretrained_on``
-    (the seed's --dataset), VainF's file name under ``<out_dir>/pretrained/``; else None.
+    """The DeepLabv3+ weights a training run starts from, on disk: ``cfg.checkpoint`` (a file or a
+    `lib.weights.WEIGHTS` name); else for ``cfg.pretrained_on`` (the seed's --dataset) the known file
+    of that backbone and source; else None. Known files are downloaded into ``cfg.weights_dir`` on
+    first use.
 
     Raises:
-        FileNotFoundError: the file is missing; names the path and where to get it.
+        lib.weights.WeightsError: an unknown name, a missing file, or no known file for the pair.
     """
     if cfg.checkpoint:
-        return Path(cfg.checkpoint)
+        return resolve_weights(cfg.checkpoint, cache_dir=cfg.weights_dir)
     if cfg.pretrained_on is None:
         return None
-    backbone = {"mobilenet_v2": "mobilenet"}.get(cfg.backbone, cfg.backbone)
-    name = f"best_deeplabv3plus_{backbone}_{cfg.pretrained_on}_os{cfg.output_stride}.pth"
-    path = Path(cfg.out_dir) / "pretrained" / name
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"pretrained_on={cfg.pretrained_on!r} needs the DeepLabv3+ {cfg.backbone} weights trained on "
-            f"{cfg.pretrained_on} at {path}: download {name} from https://github.com/VainF/DeepLabV3Plus-Pytorch "
-            "(README, pretrained models) to that path, or give the file with --checkpoint"
-        )
-    return path
+    entry = find_weights(backbone=cfg.backbone, trained_on=cfg.pretrained_on)
+    return fetch_weights(entry.name, cache_dir=cfg.weights_dir, quiet=not cfg.progress)
 
 
 def make_model(cfg: RunConfig, *, initial_weights: bool = True) -> nn.Module:
-    """The DeepLabv3+ the config describes, initialised from `pretrained_path` when there is one.
+    """The DeepLabv3+ the config describes with its weights: the trained ``cfg.weights`` (loaded
+    strictly, `lib.weights.load_weights`), else the start of training (`pretrained_path`, and the
+    ImageNet backbone when ``cfg.pretrained_backbone``).
 
     Args:
-        initial_weights: load the ImageNet backbone and the pretrained DeepLabv3+ weights the
-            config names; False when a training checkpoint will overwrite them anyway (resume, test).
+        initial_weights: load those weights; False when a training checkpoint will overwrite them
+            anyway (resume, test).
+
+    Raises:
+        lib.weights.WeightsError: a weights file that cannot be read or does not fit the model.
     """
     model = build_model(
         arch="deeplabv3plus",
@@ -123,9 +140,12 @@ def make_model(cfg: RunConfig, *, initial_weights: bool = True) -> nn.Module:
         separable_conv=cfg.separable_conv,
         pretrained_backbone=cfg.pretrained_backbone and initial_weights,
     )
+    if initial_weights and cfg.weights:
+        load_weights(model, resolve_weights(cfg.weights, cache_dir=cfg.weights_dir))
+        return model
     path = pretrained_path(cfg) if initial_weights else None
     if path is not None:
-        load_pretrained(model, path)
+        load_initial_weights(model, path)
     return model
 
 
@@ -134,8 +154,9 @@ def make_criterion(cfg: RunConfig, train_set: StreetHazards) -> SegmentationLoss
     if cfg.class_weights:
         weights = inverse_frequency_weights(class_pixel_counts(train_set)[:NUM_KNOWN_CLASSES])
     return SegmentationLoss(
-        cfg.loss, gamma_focal=cfg.gamma_focal, entropy_weight=cfg.entropy_weight, class_weights=weights
-    )
+        cfg.loss, gamma_focal=cfg.gamma_focal, entropy_weight=cfg.entropy_weight, class_weights=weights,
+        entropy_term=cfg.entropy_term,
+    )  # fmt: skip
 
 
 def save_figures(
@@ -230,6 +251,8 @@ def make_loaders(
     """
     common = dict(num_workers=cfg.num_workers, seed=cfg.seed)
     test = make_loader(data.test, batch_size=cfg.eval_batch_size, shuffle=False, **common)
+    if data.train is None or data.val is None:  # evaluation only
+        return {"test": test}
     if shard is None and distributed.is_distributed():
         shard = (distributed.rank(), distributed.world_size())
     if shard is None:
@@ -353,6 +376,11 @@ def train(
         device: default: ``cfg.device`` (under torchrun, this process's GPU).
         on_epoch_end: passed to `fit`.
     """
+    if cfg.weights:
+        raise ValueError(
+            f"weights={cfg.weights!r} means evaluation only: call evaluate_weights (scripts/test.py "
+            "--weights), or unset weights to train"
+        )
     checkpoint = load_checkpoint(resume) if isinstance(resume, str | Path) else resume
     if checkpoint is not None:
         config_with_overrides(checkpoint["config"], cfg.to_dict(), purpose=f"resuming {checkpoint['path']}")
@@ -406,7 +434,8 @@ def run(
 
     Writes under ``cfg.out_dir``: ``runs/<name>/{config.json,best.pt,last.pt,history.csv,metrics.json,
     *.png}`` and one row in ``results.csv``. Prints the results table. Under torchrun every process
-    trains and rank 0 alone evaluates.
+    trains and rank 0 alone evaluates. A config that names trained ``weights`` is evaluated without
+    training (`evaluate_weights`).
 
     Args:
         resume: continue an interrupted run (see `train`) before evaluating it.
@@ -417,6 +446,10 @@ def run(
         The results row (config fields, metrics in percent, run folder, wall time); on ranks other
         than 0 only the run folder.
     """
+    if cfg.weights:
+        if resume is not None:
+            raise ValueError("resume continues a training run; a config with weights trains nothing")
+        return evaluate_weights(cfg, keep_examples=keep_examples, results_csv=results_csv)
     start = time.perf_counter()
     git_commit()  # the commit of the code this run starts with
     trained = train(cfg, resume=resume)
@@ -425,16 +458,77 @@ def run(
     result = evaluate_model(
         cfg, trained.model, trained.loaders["test"], device=trained.device, keep_examples=keep_examples
     )
-    save_figures(result, trained.history, cfg, trained.run_dir)
-    atomic_write_bytes(trained.run_dir / "metrics.json", json.dumps(result.metrics, indent=2).encode())
+    return report_run(
+        cfg, result, trained.history, run_dir=trained.run_dir, start=start, results_csv=results_csv
+    )
+
+
+def evaluate_weights(
+    cfg: RunConfig,
+    *,
+    keep_examples: int = 3,
+    flip: bool = False,
+    scales: tuple[float, ...] = (1.0,),
+    results_csv: str | None = "results.csv",
+) -> dict[str, Any]:
+    """Evaluate trained weights (``cfg.weights``: a `lib.weights.WEIGHTS` name or a file) on the test
+    split, without training: e.g. the StreetHazards reference project's published model.
+
+    Fetches the weights into ``cfg.weights_dir`` when they are a known name and absent, prepares the
+    test split alone (with ``cfg.download``: the test archive alone), loads the weights strictly into
+    the model the config describes, evaluates under both protocols and writes what `run` writes
+    (no checkpoints or history). When the weights have published results (`lib.published`), prints
+    them beside the measured ones.
+
+    Raises:
+        lib.weights.WeightsError: unknown name, unreadable file, or weights that do not fit the model.
+    """
+    if not cfg.weights:
+        raise ValueError("evaluate_weights needs cfg.weights (a lib.weights.WEIGHTS name or a file)")
+    start = time.perf_counter()
+    git_commit()
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.device)
+    model = make_model(cfg)
+    prepare_data(cfg, splits=("test",))
+    data = make_datasets(cfg, splits=("test",))
+    loader = make_loaders(cfg, data)["test"]
+    print(f"weights {cfg.weights}; data: {cfg.dataset} test split at {cfg.data_root}, {len(data.test)} images; "
+          f"device: {device}")  # fmt: skip
+    run_dir = next_run_dir(cfg.out_dir, cfg.run_name)
+    atomic_write_bytes(run_dir / "config.json", cfg.to_json().encode())
+    result = evaluate_model(
+        cfg, model.to(device), loader, device=device, keep_examples=keep_examples, flip=flip, scales=scales
+    )
+    row = report_run(cfg, result, [], run_dir=run_dir, start=start, results_csv=results_csv)
+    published = published_results(cfg.weights)
+    if published is not None:
+        print(f"\nBeside the published results ({published['source']}):")
+        print(comparison_table(result.metrics, published["metrics"]))
+    return row
+
+
+def report_run(
+    cfg: RunConfig,
+    result: EvaluationResult,
+    history: list[dict[str, float]],
+    *,
+    run_dir: Path,
+    start: float,
+    results_csv: str | None,
+) -> dict[str, Any]:
+    """Figures, ``metrics.json``, the results row (appended to ``<out_dir>/<results_csv>`` unless
+    None) and the printed table of an evaluated run; returns the row with its ``run_dir``."""
+    save_figures(result, history, cfg, run_dir)
+    atomic_write_bytes(run_dir / "metrics.json", json.dumps(result.metrics, indent=2).encode())
     seconds = time.perf_counter() - start
-    row = results_row(cfg, result, run_dir=trained.run_dir, seconds=seconds)
+    row = results_row(cfg, result, run_dir=run_dir, seconds=seconds)
     if results_csv is not None:
         append_csv_row(Path(cfg.out_dir) / results_csv, row)
     print(f"\nResults on the {cfg.dataset} test split ({result.num_images} images, {seconds:.0f} s):")
     print(results_table(result.metrics, cfg.scores))
     print(
-        f"\nrun folder: {trained.run_dir}"
+        f"\nrun folder: {run_dir}"
         + (f"   results row: {Path(cfg.out_dir) / results_csv}" if results_csv else "")
     )
-    return {**row, "run_dir": str(trained.run_dir)}
+    return {**row, "run_dir": str(run_dir)}

@@ -200,8 +200,11 @@ def _slug(value: Any) -> str:
 #: RunConfig fields that do not change a run's result: they stay out of its ``config_id``.
 _NEUTRAL_FIELDS = frozenset(
     {"out_dir", "run_name", "data_root", "validate_data", "num_workers", "device", "compile",
-     "eval_batch_size", "progress", "tensorboard"}
+     "eval_batch_size", "progress", "tensorboard", "download", "weights_dir"}
 )  # fmt: skip
+#: Fields added to RunConfig after rows were written: at these (default) values they stay out of
+#: the hash, so that older rows keep their ``config_id``.
+_LATER_DEFAULTS = {"weights": None, "entropy_term": "softmax"}
 
 
 def config_id(cfg: RunConfig, protocol: str, *, training_only: bool = False) -> str:
@@ -215,7 +218,11 @@ def config_id(cfg: RunConfig, protocol: str, *, training_only: bool = False) -> 
     import json
 
     neutral = _NEUTRAL_FIELDS | set(RUNTIME_FIELDS) if training_only else _NEUTRAL_FIELDS
-    values = {k: v for k, v in cfg.to_dict().items() if k not in neutral}
+    values = {
+        k: v
+        for k, v in cfg.to_dict().items()
+        if k not in neutral and not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])
+    }
     text = json.dumps({**values, "protocol": protocol}, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 

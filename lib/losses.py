@@ -7,6 +7,13 @@ Definitions (as in the StreetHazards reference project):
 - H     = mean over labelled pixels of -sum_c p_c log p_c
 - CE+H  = CE + lambda * H,   FL+H = FL + lambda * H
 
+``entropy_term="true-class-rows"`` replaces H by the term the StreetHazards reference CODE computes
+(its notebook writes the softmax entropy above): with p_y the probability of the true class, a
+(B, H, W) map, ``-sum(p_y * log p_y, dim=1).mean()`` - the sum runs over the image ROWS, not the
+classes, then the mean over images and columns. Unlabelled pixels add nothing here (their p_y is
+taken as 1); the reference code did not mask them. It is offered to reproduce that code, not as a
+better loss: it rewards confident true-class predictions rather than low entropy.
+
 Pixels labelled ``ignore_index`` (255) and any label outside the model's classes (the anomaly
 id 13, which the training split never contains) do not count.
 """
@@ -63,6 +70,23 @@ def entropy_term(
     return (entropy * valid).sum() / valid.sum().clamp(min=1)
 
 
+def true_class_rows_entropy(
+    logits: torch.Tensor, target: torch.Tensor, *, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
+    """The reference code's entropy term: -sum over rows of p_y log p_y, mean over images and columns.
+
+    Shape: (B, C, H, W), (B, H, W) -> scalar. Unlabelled pixels count as p_y = 1 (they add 0).
+    """
+    valid = (target != ignore_index) & (target >= 0) & (target < logits.shape[1])
+    safe_target = torch.where(valid, target, torch.zeros_like(target))
+    log_p = F.log_softmax(logits.float(), dim=1).gather(1, safe_target.unsqueeze(1)).squeeze(1)
+    log_p = log_p * valid
+    return -(log_p.exp() * log_p).sum(dim=1).mean()
+
+
+ENTROPY_TERMS = {"softmax": entropy_term, "true-class-rows": true_class_rows_entropy}
+
+
 class SegmentationLoss(nn.Module):
     """One of ``ce``, ``ce+h``, ``fl``, ``fl+h`` with its parameters.
 
@@ -71,6 +95,7 @@ class SegmentationLoss(nn.Module):
         gamma_focal: focal focusing parameter (``fl``, ``fl+h``).
         entropy_weight: lambda of the entropy term (``ce+h``, ``fl+h``).
         class_weights: optional per-class weights. Shape (C,).
+        entropy_term: ``softmax`` (H above) or ``true-class-rows`` (the reference code's term).
     """
 
     def __init__(
@@ -81,11 +106,17 @@ class SegmentationLoss(nn.Module):
         entropy_weight: float = 0.1,
         class_weights: torch.Tensor | None = None,
         ignore_index: int = IGNORE_INDEX,
+        entropy_term: str = "softmax",
     ) -> None:
         super().__init__()
         if name not in LOSSES:
             raise ValueError(f"unknown loss {name!r}; choose one of: {', '.join(LOSSES)}")
+        if entropy_term not in ENTROPY_TERMS:
+            raise ValueError(
+                f"unknown entropy_term {entropy_term!r}; choose one of: {', '.join(ENTROPY_TERMS)}"
+            )
         self.name = name
+        self.entropy = ENTROPY_TERMS[entropy_term]
         self.gamma = gamma_focal if name.startswith("fl") else 0.0
         self.entropy_weight = entropy_weight if name.endswith("+h") else 0.0
         self.ignore_index = ignore_index
@@ -97,5 +128,5 @@ class SegmentationLoss(nn.Module):
             logits, target, gamma=self.gamma, weight=self.class_weights, ignore_index=self.ignore_index
         )
         if self.entropy_weight:
-            loss = loss + self.entropy_weight * entropy_term(logits, target, ignore_index=self.ignore_index)
+            loss = loss + self.entropy_weight * self.entropy(logits, target, ignore_index=self.ignore_index)
         return loss

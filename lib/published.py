@@ -6,6 +6,9 @@ protocol (`lib.test`: pooled vs per-image).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+
 #: The StreetHazards reference project's ablation (its ``ckpts/ablation.csv``): DeepLabv3+
 #: ResNet-101 fine-tuned from Cityscapes weights, StreetHazards test split, pooled AUPR per score.
 REFERENCE_ABLATION_SOURCE = (
@@ -37,4 +40,43 @@ STREETHAZARDS_RESULTS: tuple[dict[str, object], ...] = (
     dict(method="DenseHybrid", AUPR=30.2, mIoU=63.0, source="Grcic et al. 2022"),
 )
 
-__all__ = ["REFERENCE_ABLATION", "REFERENCE_ABLATION_SOURCE", "STREETHAZARDS_RESULTS"]
+#: What the StreetHazards reference project reports for its published weights (the
+#: ``streethazards-reference`` entry of `lib.weights`): its ablation row "distance head, FL+H", as
+#: this project's metric keys. mIoU over 12 classes (pedestrian left out); AUPR pooled over every
+#: test pixel, computed exactly (with 1600 bins it got 17.30 for entropy).
+REFERENCE_WEIGHTS_RESULTS: dict[str, object] = dict(
+    source="StreetHazards reference project, ckpts/ablation.csv (distance head, FL+H): 1500 test images "
+    "at 1280x720, pooled AUPR",
+    metrics={
+        "seg/mIoU": 65.10,
+        "ood/entropy/AUPR/pooled": 17.37,
+        "ood/msp/AUPR/pooled": 12.70,
+        "ood/maxlogit/AUPR/pooled": 2.63,
+        "ood/energy/AUPR/pooled": 2.19,
+    },
+)
+_PUBLISHED_BY_WEIGHTS = {"streethazards-reference": REFERENCE_WEIGHTS_RESULTS}
+
+
+def published_results(weights: str | None) -> dict[str, object] | None:
+    """The published results of a `lib.weights` entry (``{"source", "metrics"}``), or None."""
+    return _PUBLISHED_BY_WEIGHTS.get(weights or "")
+
+
+def comparison_table(measured: Mapping[str, float], published: Mapping[str, float]) -> str:
+    """Plain text: each published metric, the measured value and the difference (points)."""
+    lines = [f"{'metric':<28}{'measured':>10}{'published':>11}{'diff':>8}"]
+    for key, value in published.items():
+        got = measured.get(key, math.nan)
+        lines.append(f"{key:<28}{got:>10.2f}{value:>11.2f}{got - value:>+8.2f}")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "REFERENCE_ABLATION",
+    "REFERENCE_ABLATION_SOURCE",
+    "REFERENCE_WEIGHTS_RESULTS",
+    "STREETHAZARDS_RESULTS",
+    "comparison_table",
+    "published_results",
+]

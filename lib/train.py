@@ -52,9 +52,11 @@ __all__ = [
     "checkpoint_nbytes",
     "data_order_state",
     "find_checkpoint",
+    "latest_run",
     "fit",
     "load_checkpoint",
     "prepare_model",
+    "resolve_amp",
     "restore_data_order",
     "rng_state",
     "save_checkpoint",
@@ -254,8 +256,19 @@ def set_batchnorm_eval(model: nn.Module) -> None:
             module.eval()
 
 
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """The mixed-precision mode ``RunConfig.amp`` means on `device`: "auto" is bf16 on a GPU that
+    supports it, fp16 on one that does not (T4, P100: fp16 + GradScaler), off on a CPU."""
+    if amp != "auto":
+        return amp
+    if device.type != "cuda":
+        return "off"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """Mixed-precision context of ``RunConfig.amp`` ("off": none)."""
+    """Mixed-precision context of ``RunConfig.amp`` ("off": none; "auto": see `resolve_amp`)."""
+    amp = resolve_amp(amp, device)
     if amp == "off":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
@@ -550,6 +563,19 @@ def find_checkpoint(path: str | Path, *, name: str = "last.pt") -> Path:
     return path
 
 
+def latest_run(out_dir: str | Path) -> Path:
+    """The run folder under ``out_dir/runs`` whose ``last.pt`` was written last: the run to resume
+    after a disconnect (``--resume latest``, the notebook's ``RESUME = "latest"``).
+
+    Raises:
+        FileNotFoundError: no run folder there has a ``last.pt``.
+    """
+    found = sorted(Path(out_dir, "runs").glob("*/last.pt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(f"no run to resume: no {Path(out_dir, 'runs')}/*/last.pt (start a new run)")
+    return found[-1].parent
+
+
 def load_checkpoint(path: str | Path, *, name: str = "last.pt", map_location: Any = "cpu") -> dict[str, Any]:
     """A checkpoint written by `fit`, from its file or its run folder (``name`` inside it)."""
     file = find_checkpoint(path, name=name)
@@ -656,7 +682,9 @@ def fit(
     optimizer = build_optimizer(model, cfg)
     updates_per_epoch = math.ceil(_steps_per_epoch(train_loader, cfg) / cfg.grad_accum_steps)
     schedule = build_scheduler(optimizer, cfg, total_steps=cfg.epochs * updates_per_epoch)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=resolve_amp(cfg.amp, device) == "fp16")
+    if main and cfg.amp == "auto":
+        _log(f"amp=auto on {device}: {resolve_amp(cfg.amp, device)}", progress=cfg.progress)
     if device.type == "cuda" and not torch.are_deterministic_algorithms_enabled():
         torch.backends.cudnn.benchmark = True  # fixed crop sizes: let cuDNN pick the fastest kernels
     history: list[dict[str, float]] = []

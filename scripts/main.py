@@ -3,7 +3,8 @@
 Examples:
     python scripts/main.py                                  # the demo on synthetic data
     python scripts/main.py --preset tiny                    # a few seconds, smoke test
-    python scripts/main.py --preset streethazards --data-root data/streethazards --device cuda
+    python scripts/main.py --preset streethazards           # the reference recipe on StreetHazards (GPU)
+    python scripts/main.py --preset streethazards-reference # no training: the reference's weights, evaluated
     python scripts/main.py --head standard --loss ce --epochs 20
     python scripts/main.py --resume ckpts/runs/run_3        # finish an interrupted run, then evaluate
     torchrun --nproc_per_node=2 scripts/main.py --preset streethazards   # train on 2 GPUs, test on one
@@ -32,14 +33,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=sorted(presets()),
         default="demo",
         help="starting settings: demo (synthetic, ~5 min on 2 CPU cores), tiny (seconds), "
-        "streethazards (the real dataset, GPU) (default: demo)",
+        "streethazards (the reference recipe on the real dataset, GPU), streethazards-reference (its "
+        "published weights evaluated, no training) (default: demo)",
     )
     parser.add_argument(
         "--resume",
         metavar="PATH_OR_RUN_DIR",
         default=None,
-        help="continue an interrupted run (checkpoint file or run folder) with its own config, then "
-        "evaluate it; only runtime flags (folders, epochs, workers, device, evaluation) may change",
+        help="continue an interrupted run (a checkpoint file, a run folder, or 'latest': the run in "
+        "--out-dir checkpointed last) with its own config, then evaluate it; only runtime flags "
+        "(folders, epochs, workers, device, evaluation) may change",
     )
     add_config_arguments(parser)
     return parser.parse_args(argv)

@@ -1,12 +1,22 @@
-"""Evaluate a training checkpoint on the test split: mIoU and the anomaly scores' AUPR, AUROC, FPR95.
+"""Evaluate a training checkpoint or trained weights on the test split: mIoU, and AUPR, AUROC, FPR95.
 
 Examples:
+    python scripts/test.py --preset streethazards-reference             # the reference's published model
+    python scripts/test.py --weights ckpts/pretrained/my_weights.pt --preset streethazards-reference
     python scripts/test.py --checkpoint ckpts/runs/run_3                # the run's best.pt
     python scripts/test.py --checkpoint ckpts/runs/run_3/last.pt --flip --scales 0.75 1.0 1.25
     python scripts/test.py --checkpoint ckpts/runs/run_3 --backbone resnet101 --head distance \\
         --dataset cityscapes                                            # the seed's flags
 
-The model is rebuilt from the RunConfig saved in the checkpoint. Runtime flags (--data-root,
+Trained weights (--weights, or a preset that names them such as streethazards-reference): a name
+of lib.weights.WEIGHTS (downloaded with gdown on first use into --weights-dir, resumable) or a
+state-dict file (bare, VainF's {"model_state": ...}, or module.-prefixed), loaded strictly into the
+model that --preset and the flags describe. streethazards-reference downloads the reference
+project's weights and the StreetHazards TEST archive alone (--download), evaluates the 1500 test
+images at 1280x720 under both protocols (mIoU over 12 classes, pedestrian left out) and prints the
+results beside the published ones.
+
+A training checkpoint (--checkpoint): the model is rebuilt from the RunConfig saved in it. Runtime flags (--data-root,
 --eval-batch-size, --scores, --miou-exclude, --max-eval-images, --device, --out-dir, ...) change how it
 is evaluated; any other flag is checked against the checkpoint and stops with an error when it
 differs (so the seed's --backbone/--head/--dataset cityscapes confirm what was trained). As in
@@ -27,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lib.cli import script_parser  # noqa: E402
-from lib.config import SEED_FLAG_NOTES, SEED_FLAGS, add_config_arguments  # noqa: E402
+from lib.config import SEED_FLAG_NOTES, SEED_FLAGS, add_config_arguments, presets  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,8 +45,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--checkpoint",
         metavar="PATH_OR_RUN_DIR",
-        required=True,
+        default=None,
         help="a checkpoint written by scripts/train.py, or its run folder (then its best.pt)",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=sorted(presets()),
+        default=None,
+        help="with --weights (or without --checkpoint): the settings of the model and data the weights "
+        "are evaluated with, which the flags below override (default: streethazards-reference)",
     )
     parser.add_argument(
         "--flip", action="store_true", help="also predict the mirrored image and average the logits"
@@ -57,7 +74,30 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from lib.cli import run_reporting_errors
 
-    return run_reporting_errors(lambda: evaluate_checkpoint(args))
+    return run_reporting_errors(
+        lambda: evaluate_checkpoint(args) if args.checkpoint else evaluate_weights(args)
+    )
+
+
+def evaluate_weights(args: argparse.Namespace) -> int:
+    """Evaluate trained weights with the preset's model and data (`lib.experiment.evaluate_weights`)."""
+    from lib.cli import UsageError
+    from lib.config import config_from_args
+    from lib.experiment import evaluate_weights
+
+    preset = args.preset or "streethazards-reference"
+    try:
+        cfg = config_from_args(args, base=presets()[preset])
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    if not cfg.weights:
+        raise UsageError(
+            f"nothing to evaluate: give --checkpoint RUN_DIR (a training run) or --weights NAME_OR_FILE "
+            f"(preset {preset} names no weights)"
+        )
+    print(f"preset {preset}:\n{cfg.to_json()}")
+    evaluate_weights(cfg, flip=args.flip, scales=tuple(args.scales))
+    return 0
 
 
 def evaluate_checkpoint(args: argparse.Namespace) -> int:
@@ -70,6 +110,8 @@ def evaluate_checkpoint(args: argparse.Namespace) -> int:
     from lib.train import load_checkpoint
     from lib.utils import append_csv_row, atomic_write_bytes, pick_device, seed_everything
 
+    if args.preset or args.weights:
+        raise UsageError("--checkpoint brings its own config: drop --preset and --weights")
     start = time.perf_counter()
     checkpoint = load_checkpoint(args.checkpoint, name="best.pt")
     path = Path(checkpoint["path"])

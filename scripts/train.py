@@ -1,17 +1,24 @@
 """Train DeepLabv3+ for segmentation with anomaly scores, in one process or several (torchrun).
 
 Examples:
-    python scripts/train.py --preset tiny                                   # seconds, synthetic data
-    python scripts/train.py --preset streethazards --backbone resnet101 --head distance \\
-        --dataset cityscapes --loss fl+h --gamma 0.1 --gamma_focal 2.0      # the seed's command line
-    python scripts/train.py --preset streethazards --amp bf16 --warmup-iters 500 --backbone-lr 1e-4
-    torchrun --nproc_per_node=4 scripts/train.py --preset streethazards --sync-bn --amp bf16
+    python scripts/train.py --backbone resnet101 --head distance --dataset cityscapes \\
+        --loss fl+h --gamma 0.1 --gamma_focal 2.0        # the reference's command line: its recipe
+    python scripts/train.py                              # the same: the streethazards preset
+    python scripts/train.py --preset tiny                # seconds, synthetic data
+    python scripts/train.py --preset demo                # the demo's training, synthetic data
+    python scripts/train.py --entropy-term true-class-rows   # the reference code's entropy term
+    torchrun --nproc_per_node=4 scripts/train.py --sync-bn --batch-size 4   # 4 GPUs, global batch 16
     python scripts/train.py --resume ckpts/runs/run_3                       # continue where it stopped
     python scripts/train.py --resume ckpts/runs/run_3 --epochs 80           # ... and train for longer
 
+Without --preset this is the streethazards preset, the StreetHazards reference project's recipe
+(lib.config.REFERENCE_RECIPE): DeepLabv3+ ResNet-101 OS16, distance head, Cityscapes weights
+(downloaded on first use), Adam with backbone lr 1e-5 / head lr 1e-4, weight decay 1e-4, plateau
+schedule, 50 epochs, batch 16, 512x512 crops, focal loss gamma 2 + 0.1 entropy, amp=auto (fp16 on a
+T4), mIoU without pedestrian; the dataset is downloaded into data/streethazards when missing.
 The seed's flags work as they did: --dataset names the PRETRAINING source of the DeepLabv3+
-weights (cityscapes or voc, same as --pretrained-on; the file is --checkpoint, or VainF's file name
-under <out-dir>/pretrained/), while --data picks the training data (synthetic or streethazards);
+weights (cityscapes or voc, same as --pretrained-on; the known file of lib.weights, downloaded on
+first use into --weights-dir, or the file given with --checkpoint), while --data picks the training data (synthetic or streethazards);
 --gamma is the entropy weight (--entropy-weight) and --gamma_focal the focal-loss gamma.
 
 Every run gets its own folder, <out-dir>/runs/run_N (never reused): config.json, last.pt (every
@@ -46,15 +53,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--preset",
         choices=sorted(presets()),
         default=None,
-        help="starting settings that the flags below override: demo (synthetic, ~5 min on 2 CPU cores), "
-        "tiny (seconds), streethazards (the real dataset, GPU) (default: demo; ignored with --resume)",
+        help="starting settings that the flags below override: streethazards (the reference recipe on the "
+        "real dataset, GPU), demo (synthetic, ~5 min on 2 CPU cores), tiny (seconds) (default: "
+        "streethazards; ignored with --resume)",
     )
     parser.add_argument(
         "--resume",
         metavar="PATH_OR_RUN_DIR",
         default=None,
-        help="continue an interrupted run from a checkpoint file or a run folder (its last.pt), in "
-        "that folder, with the checkpoint's config",
+        help="continue an interrupted run from a checkpoint file, a run folder (its last.pt) or 'latest' "
+        "(the run in --out-dir checkpointed last), in that folder, with the checkpoint's config",
     )
     add_config_arguments(parser, flags=SEED_FLAGS, help_notes=SEED_FLAG_NOTES)
     return parser.parse_args(argv)
@@ -62,14 +70,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from lib.cli import run_config, run_reporting_errors
+    from lib.cli import UsageError, run_config, run_reporting_errors
     from lib.experiment import train
 
     device = distributed.init_from_env(device=args.device or "auto")
 
     def body() -> int:
-        preset = args.preset or "demo"
+        preset = args.preset or "streethazards"
         checkpoint, cfg = run_config(args, preset=preset)
+        if cfg.weights:
+            raise UsageError(
+                f"weights={cfg.weights!r} is evaluation only: run python scripts/test.py --preset {preset}"
+                + (f" --weights {cfg.weights}" if args.weights else "")
+            )
         if distributed.is_main():
             source = f"resuming {checkpoint['path']}" if checkpoint else f"preset {preset}"
             print(f"{source}:\n{cfg.to_json()}")

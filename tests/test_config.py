@@ -64,7 +64,7 @@ def test_every_flag_has_help():
 @pytest.mark.parametrize(
     "field, value, match",
     [
-        ("amp", "fp8", "off, bf16, fp16"),
+        ("amp", "fp8", "off, auto, bf16, fp16"),
         ("optimizer", "lamb", "adam, sgd"),
         ("pretrained_on", "kitti", "cityscapes, voc"),
         ("grad_accum_steps", 0, "grad_accum_steps must be >= 1"),

@@ -232,6 +232,30 @@ def test_download_streethazards_end_to_end(server, tmp_path, streethazards_tars)
         check_streethazards_counts(root)
 
 
+def test_complete_extraction_without_marker_is_not_downloaded_again(server, tmp_path, streethazards_tars):
+    """Colab: the train archive was extracted by an earlier session (or by hand) but no marker was
+    written; only the test archive, missing, is fetched."""
+    server.files["/sh/streethazards_test.tar"] = streethazards_tars["test"]
+    root = tmp_path / "data"
+    write_split(root, "train", 2, seed=1)
+    write_split(root, "val", 3, seed=2)
+    counts = download_streethazards(
+        root, base_url=f"{server.url}/sh", md5={"test": _md5(streethazards_tars["test"])},
+        expected_counts={"train": 2, "val": 3, "test": 4}, retry_wait=0.0, progress=False,
+    )  # fmt: skip
+    assert counts == {"train": 2, "val": 3, "test": 4}
+    assert [path for path, _ in server.log] == ["/sh/streethazards_test.tar"]
+    assert (root / ".extracted_train").read_text() == "found complete\n"
+    write_split(root, "val", 2, seed=3)  # one image fewer would not count as complete
+    (root / "train/images/validation/t4/2.png").unlink()
+    (root / ".extracted_train").unlink()
+    with pytest.raises(DownloadError, match="HTTP 404"):  # so it tries to download the train archive
+        download_streethazards(
+            root, parts=("train",), base_url=f"{server.url}/sh", expected_counts={"train": 2, "val": 3},
+            retries=0, retry_wait=0.0, progress=False,
+        )  # fmt: skip
+
+
 def test_download_script_and_shell_wrapper(server, tmp_path, streethazards_tars, capsys):
     import importlib.util
     import subprocess
@@ -270,7 +294,8 @@ def test_gdrive_calls_gdown_with_id_and_output(tmp_path, monkeypatch):
 
     calls = []
 
-    def fake_download(*, id, output, quiet):
+    def fake_download(*, id, output, quiet, resume):
+        assert resume  # an interrupted download continues (gdown -c)
         calls.append((id, output))
         Path(output).write_bytes(b"weights")
         return output

@@ -81,3 +81,23 @@ def test_all_ignored_gives_zero_not_nan():
 def test_unknown_loss_lists_valid_names():
     with pytest.raises(ValueError, match="ce, ce\\+h, fl, fl\\+h"):
         SegmentationLoss("dice")
+
+
+def test_true_class_rows_entropy_is_the_reference_codes_term():
+    """-sum over ROWS of p_y log p_y, then the mean over images and columns; ignored pixels add 0."""
+    from lib.losses import true_class_rows_entropy
+
+    # One image, 2 classes, 2 rows x 2 columns; logits (0, log 3) give p = (1/4, 3/4).
+    logits = torch.zeros(1, 2, 2, 2)
+    logits[:, 1] = math.log(3.0)
+    target = torch.tensor([[[0, 1], [1, 255]]])
+    q, t = 0.25, 0.75
+    column_0 = -(q * math.log(q) + t * math.log(t))  # rows: class 0 (p 1/4), class 1 (p 3/4)
+    column_1 = -(t * math.log(t))  # rows: class 1, ignored
+    expected = (column_0 + column_1) / 2
+    assert true_class_rows_entropy(logits, target).item() == pytest.approx(expected, rel=1e-6)
+    loss = SegmentationLoss("ce+h", entropy_weight=0.5, entropy_term="true-class-rows")
+    ce = F.cross_entropy(logits, target, ignore_index=255)
+    assert loss(logits, target).item() == pytest.approx(ce.item() + 0.5 * expected, rel=1e-6)
+    with pytest.raises(ValueError, match="unknown entropy_term 'rows'; choose one of: softmax, true-class-rows"):
+        SegmentationLoss("fl+h", entropy_term="rows")

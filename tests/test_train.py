@@ -253,7 +253,9 @@ def test_two_processes_agree_with_one(data_root, tmp_path):
     cfg = tiny_config(data_root, tmp_path, batch_size=4, **common)
     _, single_history = train_run(cfg, tmp_path / "single", shard=(0, 1), dropout=False)
     single = weights(tmp_path / "single" / "last.pt")
-    assert_same_weights(ddp["model"], single, rtol=1e-4, atol=1e-6)
+    # Float32 sums in another order (two half-batch gradients averaged by all_reduce): differences of
+    # ~2e-6 seen on small biases, far below the > 1e-4 of another seed (checked below).
+    assert_same_weights(ddp["model"], single, rtol=1e-4, atol=1e-5)
     for key in ("train_loss", "val_loss", "val_mIoU"):
         assert ddp["history"][0][key] == pytest.approx(single_history[0][key], rel=1e-5), key
 
@@ -413,9 +415,17 @@ def test_train_resume_and_test_scripts(data_root, tmp_path, capsys):
         "--no-validate-data",
     ]
 
-    # The seed's --dataset names pretrained weights; missing ones stop before any folder is made.
-    assert train_script.main(["--preset", "tiny", "--dataset", "cityscapes", *common]) == 2
-    assert "best_deeplabv3plus_mobilenet_cityscapes_os16.pth" in capsys.readouterr().err
+    # The seed's --dataset names pretrained weights, downloaded on first use; a download that fails
+    # (no connection here) stops with one line before any folder is made.
+    def no_connection(**kwargs):
+        raise ConnectionError("Failed to resolve 'drive.google.com'")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("gdown.download", no_connection)
+        assert train_script.main(["--preset", "tiny", "--dataset", "cityscapes", *common]) == 2
+    err = capsys.readouterr().err
+    assert "1-BWSqAzgPMy_QiTBwYHH5xJabmCWUHCz" in err and "deeplabv3plus_mobilenet_cityscapes.pt" in err
+    assert "check the internet connection and run again" in err
     assert not (tmp_path / "runs").exists()
 
     seed_flags = ["--loss", "fl+h", "--gamma", "0.2", "--gamma_focal", "3"]

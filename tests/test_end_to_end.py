@@ -100,3 +100,16 @@ def test_notebook_runs_top_to_bottom(tmp_path):
         assert [row["run"] for row in csv.DictReader(f)] == ["run_0", "run_0"]
     with open(tmp_path / "ckpts" / "mini.csv", newline="") as f:  # the second pass skipped both runs
         assert sorted(row["run"] for row in csv.DictReader(f)) == mini_runs
+    # Evaluation only (the streethazards-reference path, with run_0's best weights as the file):
+    # no training, a new run folder, and run_0's numbers again.
+    execute(NOTEBOOK_WEIGHTS=str(tmp_path / "ckpts" / "runs" / "run_0" / "best.pt"))
+    assert sorted(p.name for p in (tmp_path / "ckpts" / "runs" / "run_1").iterdir() if p.suffix != ".png") == [
+        "config.json"
+    ]  # fmt: skip
+    with open(tmp_path / "ckpts" / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["run"] for row in rows] == ["run_0", "run_0", "run_1"] and rows[2]["weights"].endswith(
+        "best.pt"
+    )
+    for key in ("seg/mIoU", "ood/entropy/AUPR/pooled", "ood/msp/FPR95/per-image"):
+        assert float(rows[2][key]) == pytest.approx(float(rows[1][key]), abs=1e-3), key

@@ -308,3 +308,30 @@ def test_gdrive_calls_gdown_with_id_and_output(tmp_path, monkeypatch):
     monkeypatch.setattr(gdown, "download", lambda **kw: None)
     with pytest.raises(DownloadError, match="FILE123 .*shared publicly"):
         download_gdrive("FILE123", tmp_path / "other.pth")
+
+
+def test_download_script_fetches_known_weights_by_name(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    import gdown
+
+    from lib.weights import WEIGHTS
+
+    spec = importlib.util.spec_from_file_location("download_script", ROOT / "scripts/download.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    ids = []
+
+    def fake_download(*, id, output, quiet, resume):
+        ids.append(id)
+        Path(output).write_bytes(b"weights")
+        return output
+
+    monkeypatch.setattr(gdown, "download", fake_download)
+    assert script.main(["weights", "streethazards-reference", "--dir", str(tmp_path)]) == 0
+    assert ids == [WEIGHTS["streethazards-reference"].id]
+    assert (tmp_path / WEIGHTS["streethazards-reference"].file_name).read_bytes() == b"weights"
+    assert script.main(["weights", "--list"]) == 0
+    assert "vainf_deeplabv3plus_resnet101_cityscapes_os16" in capsys.readouterr().out
+    assert script.main(["weights", "no-such-file"]) == 2
+    assert "unknown weights 'no-such-file'; known: streethazards-reference" in capsys.readouterr().err

@@ -498,6 +498,10 @@ class PerImageAnomalyMetric:
         """``state`` = [sum AUPR, sum AUROC, sum FPR95, images averaged, images skipped]."""
         return {"state": self.state}
 
+    @property
+    def device(self) -> torch.device:
+        return self.state.device
+
     def reset(self) -> None:
         self.state.zero_()
 
@@ -513,18 +517,26 @@ class PerImageAnomalyMetric:
         Args:
             scores: higher = more anomalous. Shape (B, H, W) (any shape whose first dim is the image).
             is_anomaly: bool, same shape. valid: optional bool, same shape (pixels to count).
+                Both are moved to the device of ``scores``; the state stays on its own device.
         """
         if scores.shape != is_anomaly.shape or (valid is not None and valid.shape != scores.shape):
             raise ValueError("scores, is_anomaly and valid must have the same shape (B, H, W)")
+        # Sums of this batch in Python floats, added to the state once, as a tensor on the state's
+        # device (the state may live on a GPU, the per-image metrics are computed on the host).
+        sums = [0.0] * 5  # AUPR, AUROC, FPR95, images averaged, images skipped
         for i in range(scores.shape[0]):
-            s = scores[i].reshape(-1).float()
-            y = is_anomaly[i].reshape(-1).bool()
-            keep = None if valid is None else valid[i].reshape(-1).bool()
+            s = scores[i].detach().reshape(-1).float()
+            y = is_anomaly[i].detach().reshape(-1).to(s.device).bool()
+            keep = None if valid is None else valid[i].detach().reshape(-1).to(s.device).bool()
             m = self._exact(s, y, keep) if self.exact else self._binned(s, y, keep)
             if m is None:
-                self.state[4] += 1
+                sums[4] += 1.0
                 continue
-            self.state[:4] += torch.tensor([m["AUPR"], m["AUROC"], m["FPR95"], 1.0], dtype=torch.float64)
+            for k, key in enumerate(("AUPR", "AUROC", "FPR95")):
+                sums[k] += m[key]
+            sums[3] += 1.0
+        if scores.shape[0]:
+            self.state += torch.tensor(sums, dtype=torch.float64, device=self.state.device)
 
     @staticmethod
     def _check_nan(s: torch.Tensor, keep: torch.Tensor | None) -> None:

@@ -102,6 +102,7 @@ class SMLStatistics:
         """Add a batch. Shape: logits (B, C, H, W); valid optional bool (B, H, W)."""
         z_max, k = logits.float().max(dim=1)
         if valid is not None:
+            valid = valid.to(z_max.device)  # a mask left on the CPU must not index GPU logits
             z_max, k = z_max[valid], k[valid]
         z_max, k = z_max.flatten().double(), k.flatten()
         self.state = self.state.to(logits.device)

@@ -25,6 +25,7 @@ Examples:
     python scripts/bench_train.py                          # CPU: MobileNetV2 + ResNet-101, batch 4, 256x256
     python scripts/bench_train.py --backbones mobilenet_v2 --steps 10 --profile
     python scripts/bench_train.py --device cuda --size 512 512 --batch 8   # GPU: + fp32 vs AMP images/s
+    python scripts/bench_train.py --device cuda --amp-only --steps 3        # ours only: fp32 vs AMP (no smp)
 
 Target: ours at most 1.05x the time of smp's DeepLabV3Plus with the same encoder (ours-sep vs smp
 is the same architecture; ours vs smp also measures VainF's heavier dense decoder).
@@ -69,15 +70,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--amp", default=None, choices=["bf16", "fp16"], help="AMP dtype for the fp32-vs-AMP part "
-                        "(default: bf16 on CPU; on CUDA bf16 where supported, else fp16)")  # fmt: skip
+                        "(default: bf16 on CPU; on CUDA bf16 where the GPU has it natively, "
+                        "else fp16)")  # fmt: skip
     parser.add_argument(
         "--channels-last", action="store_true", help="channels-last memory format for all models"
     )
     parser.add_argument("--no-smp-dense", action="store_true", help="skip the smp-dense peer")
     parser.add_argument(
+        "--amp-only",
+        action="store_true",
+        help="time only ours in fp32 and under AMP (no smp peers, no FLOPs; smp need not be installed)",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="print the top operators of one step of each model"
     )
     return parser.parse_args(argv)
+
+
+def _native_bf16() -> bool:
+    """bf16 in hardware (Ampere and later); torch's default also counts the slow emulation (T4)."""
+    return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def build_ours(backbone: str, head: str, *, separable: bool = False) -> nn.Module:
@@ -164,23 +176,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     height, width = args.size or ((512, 512) if device.type == "cuda" else (256, 256))
-    amp_name = args.amp or ("bf16" if device.type == "cpu" or torch.cuda.is_bf16_supported() else "fp16")
+    amp_name = args.amp or ("bf16" if device.type == "cpu" or _native_bf16() else "fp16")
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp_name]
-    try:
-        import segmentation_models_pytorch as smp
-    except ImportError:
-        print(
-            "segmentation_models_pytorch is not installed: pip install segmentation-models-pytorch",
-            file=sys.stderr,
-        )
-        return 2
+    smp_version = "not used (--amp-only)"
+    if not args.amp_only:
+        try:
+            import segmentation_models_pytorch as smp
+        except ImportError:
+            print(
+                "segmentation_models_pytorch is not installed: pip install segmentation-models-pytorch "
+                "(or pass --amp-only)",
+                file=sys.stderr,
+            )
+            return 2
+        smp_version = smp.__version__
     torch.manual_seed(0)
     images = torch.randn(args.batch, 3, height, width, device=device)
     labels = torch.randint(0, NUM_CLASSES, (args.batch, height, width), device=device)
     if args.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     print(
-        f"torch {torch.__version__}, smp {smp.__version__}, device {device}"
+        f"torch {torch.__version__}, smp {smp_version}, device {device}"
         + (
             f" ({torch.cuda.get_device_name(device)})"
             if device.type == "cuda"
@@ -191,22 +207,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows = []
     for backbone in args.backbones:
-        models = {
-            "ours": build_ours(backbone, args.head),
-            "ours-sep": build_ours(backbone, args.head, separable=True),
-            "smp": build_smp(backbone, separable=True),
-        }
-        if not args.no_smp_dense:
-            models["smp-dense"] = build_smp(backbone, separable=False)
+        models = build_models(backbone, args)
         for model in models.values():
             model.to(device).train()
             if args.channels_last:
                 model.to(memory_format=torch.channels_last)
-        with torch.no_grad():
-            shapes = {name: tuple(m(images).shape) for name, m in models.items()}
-        assert len(set(shapes.values())) == 1, f"output shapes differ: {shapes}"
-        flops = {name: forward_gflops(m, images) for name, m in models.items()}
-        params = {name: sum(p.numel() for p in m.parameters()) / 1e6 for name, m in models.items()}
+        flops, params = {}, {}
+        if not args.amp_only:
+            with torch.no_grad():
+                shapes = {name: tuple(m(images).shape) for name, m in models.items()}
+            assert len(set(shapes.values())) == 1, f"output shapes differ: {shapes}"
+            flops = {name: forward_gflops(m, images) for name, m in models.items()}
+            params = {name: sum(p.numel() for p in m.parameters()) / 1e6 for name, m in models.items()}
         steps = {name: make_step(m, images, labels, amp=None) for name, m in models.items()}
         steps[f"ours {amp_name}"] = make_step(models["ours"], images, labels, amp=amp)
         seconds = time_in_turns(steps, warmup=args.warmup, repeats=args.steps)
@@ -214,7 +226,32 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             for name in models:
                 profile_step(f"{backbone} {name}", steps[name], device)
+    if not args.amp_only:
+        print_peer_tables(rows, batch=args.batch)
+    print(f"\nours, fp32 vs {amp_name} autocast ({device.type}, medians):")
+    for backbone, seconds, _, _ in rows:
+        fp32, mixed = seconds["ours"][0], seconds[f"ours {amp_name}"][0]
+        print(
+            f"{backbone:<14}fp32 {1000 * fp32:8.1f} ms ({args.batch / fp32:6.1f} img/s)   "
+            f"{amp_name} {1000 * mixed:8.1f} ms ({args.batch / mixed:6.1f} img/s)   speed-up {fp32 / mixed:.2f}x"
+        )
+    return 0
 
+
+def build_models(backbone: str, args: argparse.Namespace) -> dict[str, nn.Module]:
+    """Ours and the smp peers (only ours with ``--amp-only``), on the CPU."""
+    models = {"ours": build_ours(backbone, args.head)}
+    if args.amp_only:
+        return models
+    models["ours-sep"] = build_ours(backbone, args.head, separable=True)
+    models["smp"] = build_smp(backbone, separable=True)
+    if not args.no_smp_dense:
+        models["smp-dense"] = build_smp(backbone, separable=False)
+    return models
+
+
+def print_peer_tables(rows: list, *, batch: int) -> None:
+    """The per-model table (times, img/s, FLOPs, parameters) and the ours / smp ratio lines."""
     print(
         f"\n{'backbone':<14}{'model':<11}{'median ms':>10}{'vs smp':>8}{'min ms':>10}{'vs smp':>8}"
         f"{'img/s':>7}{'GFLOPs':>8}{'vs smp':>8}{'Mparams':>8}"
@@ -224,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             (median, fastest), (smp_median, smp_fastest) = seconds[name], seconds["smp"]
             print(
                 f"{backbone:<14}{name:<11}{1000 * median:>10.1f}{median / smp_median:>7.2f}x"
-                f"{1000 * fastest:>10.1f}{fastest / smp_fastest:>7.2f}x{args.batch / median:>7.1f}"
+                f"{1000 * fastest:>10.1f}{fastest / smp_fastest:>7.2f}x{batch / median:>7.1f}"
                 f"{flops[name]:>8.1f}{flops[name] / flops['smp']:>7.2f}x{params[name]:>8.2f}"
             )
     print()
@@ -234,14 +271,6 @@ def main(argv: list[str] | None = None) -> int:
             verdict = "within" if ratio <= 1.05 else "above"
             print(f"{backbone}: {name} / smp = {ratio:.2f}x median, {seconds[name][1] / seconds['smp'][1]:.2f}x "
                   f"min ({verdict} the 1.05x target by the median)")  # fmt: skip
-    print(f"\nours, fp32 vs {amp_name} autocast ({device.type}, medians):")
-    for backbone, seconds, _, _ in rows:
-        fp32, mixed = seconds["ours"][0], seconds[f"ours {amp_name}"][0]
-        print(
-            f"{backbone:<14}fp32 {1000 * fp32:8.1f} ms ({args.batch / fp32:6.1f} img/s)   "
-            f"{amp_name} {1000 * mixed:8.1f} ms ({args.batch / mixed:6.1f} img/s)   speed-up {fp32 / mixed:.2f}x"
-        )
-    return 0
 
 
 if __name__ == "__main__":

@@ -242,7 +242,10 @@ def prepare_model(model: nn.Module, cfg: RunConfig, *, device: torch.device) -> 
     train_model: nn.Module = model
     if distributed.is_distributed():
         train_model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            model,
+            device_ids=[torch.cuda.current_device() if device.index is None else device.index]
+            if device.type == "cuda"
+            else None,
         )
     if cfg.compile:
         train_model = torch.compile(train_model)
@@ -263,7 +266,8 @@ def resolve_amp(amp: str, device: torch.device) -> str:
         return amp
     if device.type != "cuda":
         return "off"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    # A T4 "supports" bf16 by emulation, slowly: only bf16 in hardware counts.
+    return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
 
 
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
@@ -445,16 +449,16 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     np.random.set_state(
         (
             np_state["name"],
-            np_state["keys"].numpy().astype(np.uint32),
+            np_state["keys"].cpu().numpy().astype(np.uint32),
             np_state["pos"],
             np_state["has_gauss"],
             np_state["cached_gaussian"],
         )
     )
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())  # a checkpoint may have been loaded onto a GPU
     cuda = state.get("cuda")
     if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
 
 
 def data_order_state(loader: DataLoader) -> dict[str, Any]:

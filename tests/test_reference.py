@@ -262,7 +262,7 @@ def test_resolve_amp():
     assert resolve_amp("auto", torch.device("cpu")) == "off"
     assert resolve_amp("fp16", torch.device("cpu")) == "fp16"
     if torch.cuda.is_available():
-        want = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        want = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
         assert resolve_amp("auto", torch.device("cuda")) == want
 
 

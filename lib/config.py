@@ -17,6 +17,8 @@ SCORES = ("msp", "maxlogit", "entropy", "energy")
 ALL_SCORES = (*SCORES, "sml", "pans", "abet")
 DATASETS = ("synthetic", "streethazards")
 SCHEDULERS = ("plateau", "poly")
+#: Evaluation protocols of the anomaly metrics (`lib.test`): over every pixel at once, or per image.
+PROTOCOLS = ("pooled", "per-image")
 OPTIMIZERS = ("adam", "sgd")
 AMP_MODES = ("off", "auto", "bf16", "fp16")
 #: Entropy terms of the +h losses (`lib.losses`): the softmax entropy, or the reference code's term.
@@ -39,6 +41,10 @@ RUNTIME_FIELDS = (
     "scores",
     "miou_exclude",
     "max_eval_images",
+    "protocols",
+    "ood_ignore",
+    "window",
+    "component_scores",
     "weights_dir",
     "out_dir",
     "progress",
@@ -163,6 +169,10 @@ class RunConfig:
     """'auto' picks CUDA when available, else CPU."""
     max_steps_per_epoch: int | None = None
     """Cut every epoch short after this many steps (for smoke tests)."""
+    deterministic: bool = False
+    """Deterministic kernels (torch.use_deterministic_algorithms, no cuDNN autotuning): on a GPU a run
+    then repeats bit for bit on the same machine, somewhat slower. Off, cuDNN picks the fastest kernels
+    and GPU runs differ in the last bits. CPU runs repeat on the same machine either way."""
 
     # Evaluation
     eval_batch_size: int = 4
@@ -174,6 +184,17 @@ class RunConfig:
     """Class names left out of mIoU (the seed left out 'pedestrian', absent from the test split)."""
     max_eval_images: int | None = None
     """Evaluate on the first N test images only (for smoke tests)."""
+    protocols: tuple[str, ...] = PROTOCOLS
+    """Anomaly-metric protocols: pooled (over every test pixel at once: the reference project,
+    SegmentMeIfYouCan) and/or per-image (the mean over images with anomalies: the official code)."""
+    ood_ignore: tuple[str, ...] = ()
+    """Class names whose pixels the anomaly metrics skip (none in the official protocol; DenseHybrid
+    skips 'other')."""
+    window: tuple[int, int] | None = None
+    """Sliding-window inference: (height, width) tiles with 1/3 overlap instead of whole images."""
+    component_scores: tuple[str, ...] = ()
+    """Scores that also get SegmentMeIfYouCan's component metrics (sIoU, PPV, mean F1) at their best-F1
+    pooled threshold (needs the pooled protocol; a second pass over maps kept in a temporary file)."""
 
     # Output
     out_dir: str = "ckpts"
@@ -190,6 +211,10 @@ class RunConfig:
         self.crop_size = tuple(self.crop_size)
         self.scores = tuple(self.scores)
         self.miou_exclude = tuple(self.miou_exclude)
+        self.protocols = tuple(self.protocols)
+        self.ood_ignore = tuple(self.ood_ignore)
+        self.component_scores = tuple(self.component_scores)
+        self.window = None if self.window is None else tuple(self.window)
         self.validate()
 
     def validate(self) -> None:
@@ -204,6 +229,7 @@ class RunConfig:
             _check_choice("pretrained_on", self.pretrained_on, PRETRAINED_SOURCES)
         for name in self.scores:
             _check_choice("scores", name, ALL_SCORES)
+        self._validate_evaluation()
         if self.output_stride not in (8, 16):
             raise ValueError(f"output_stride must be 8 or 16, got {self.output_stride}")
         for name in ("epochs", "batch_size", "eval_batch_size", "n_train", "grad_accum_steps"):
@@ -229,6 +255,26 @@ class RunConfig:
             )
         if self.gamma_focal < 0 or self.entropy_weight < 0:
             raise ValueError("gamma_focal and entropy_weight must be >= 0")
+
+    def _validate_evaluation(self) -> None:
+        from lib.classes import STREETHAZARDS_CLASSES
+
+        if not self.protocols:
+            raise ValueError(f"protocols must name at least one of: {', '.join(PROTOCOLS)}")
+        for name in self.protocols:
+            _check_choice("protocols", name, PROTOCOLS)
+        for name in self.ood_ignore:
+            _check_choice("ood_ignore", name, STREETHAZARDS_CLASSES)
+        for name in self.component_scores:
+            if name not in self.scores:
+                raise ValueError(f"component_scores={name!r} must be among scores {list(self.scores)}")
+        if self.component_scores and "pooled" not in self.protocols:
+            raise ValueError(
+                "component_scores need the pooled protocol (their threshold is the best-F1 pooled one): "
+                f"add 'pooled' to protocols {list(self.protocols)} or drop component_scores"
+            )
+        if self.window is not None and (len(self.window) != 2 or min(self.window) < 16):
+            raise ValueError(f"window must be (height, width) >= 16, got {self.window}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -336,6 +382,8 @@ FIELD_CHOICES: dict[str, tuple[str, ...]] = {
     "entropy_term": ENTROPY_TERMS,
     "pretrained_on": PRETRAINED_SOURCES,
     "scores": ALL_SCORES,
+    "component_scores": ALL_SCORES,
+    "protocols": PROTOCOLS,
 }
 
 #: Flag spellings of scripts/train.py and scripts/test.py, so that the seed's command lines work
@@ -392,8 +440,8 @@ def add_config_arguments(
         if isinstance(default, bool):
             common.pop("choices")
             parser.add_argument(*names, action=argparse.BooleanOptionalAction, **common)
-        elif isinstance(default, tuple):
-            item_type = int if f.name.endswith("size") else str
+        elif isinstance(default, tuple) or "tuple" in str(f.type):
+            item_type = int if "int" in str(f.type) else str
             parser.add_argument(*names, nargs="+", type=item_type, **common)
         else:
             parser.add_argument(*names, type=_scalar_type(f.type, default), **common)
@@ -484,6 +532,7 @@ __all__ = [
     "ENTROPY_TERMS",
     "REFERENCE_RECIPE",
     "PRETRAINED_SOURCES",
+    "PROTOCOLS",
     "RUNTIME_FIELDS",
     "FIELD_CHOICES",
     "SEED_FLAGS",

@@ -189,17 +189,23 @@ def save_figures(
     what = f"{cfg.backbone}, {cfg.head} head, {cfg.loss} - {cfg.dataset} test split"
     known = STREETHAZARDS_CLASSES[:NUM_KNOWN_CLASSES]
     counts = result.confusion.matrix.sum(dim=1).cpu()
-    anomaly_pixels = int(next(iter(result.anomaly.values())).pos_hist.sum()) if result.anomaly else 0
+    pooled = "pooled" in cfg.protocols and result.anomaly  # only pooled states count the anomaly pixels
+    anomaly_pixels = [int(next(iter(result.anomaly.values())).pos_hist.sum())] if pooled else []
     figures = {f"example_{i}": lambda ex=ex: plot_example(ex.image, ex.target, ex.prediction, ex.scores)
                for i, ex in enumerate(result.examples)}  # fmt: skip
+    figures["scores"] = lambda: plot_score_bars(
+        result.metrics, cfg.scores, protocol=cfg.protocols[0], title=what
+    )
+    if "pooled" in cfg.protocols:  # curves and histograms come from the pooled states
+        figures.update(
+            curves=lambda: plot_curves(result.anomaly, title=what),
+            histograms=lambda: plot_score_histograms(result.anomaly, title=what),
+        )
     figures.update(
-        scores=lambda: plot_score_bars(result.metrics, cfg.scores, title=what),
-        curves=lambda: plot_curves(result.anomaly, title=what),
-        histograms=lambda: plot_score_histograms(result.anomaly, title=what),
         confusion=lambda: plot_confusion_matrix(result.confusion.matrix, known),
         iou_vs_share=lambda: plot_iou_vs_share(result.confusion.compute()["IoU"], counts, known),
         class_distribution=lambda: plot_class_distribution(
-            [*counts.tolist(), anomaly_pixels], STREETHAZARDS_CLASSES[: ANOMALY_ID + 1],
+            [*counts.tolist(), *anomaly_pixels], STREETHAZARDS_CLASSES[: ANOMALY_ID + len(anomaly_pixels)],
             title=f"{cfg.dataset} test split: labelled pixels per class", log_scale=True,
         ),
     )  # fmt: skip
@@ -308,8 +314,9 @@ def evaluate_model(
     flip: bool = False,
     scales: tuple[float, ...] = (1.0,),
 ) -> EvaluationResult:
-    """`lib.test.evaluate` with the config's scores and classes; when ``sml`` is among the scores,
-    its statistics are first fitted on the (un-augmented) training split."""
+    """`lib.test.evaluate` with the config's scores, classes, protocols, ignored classes, sliding
+    window and component metrics; when ``sml`` is among the scores, its statistics are first fitted
+    on the (un-augmented) training split."""
     sml_stats = None
     if "sml" in cfg.scores:
         train_set = StreetHazards(Path(cfg.data_root), "train")
@@ -325,7 +332,8 @@ def evaluate_model(
         )
     return evaluate(
         model, test_loader, num_classes=NUM_KNOWN_CLASSES, device=device, score_names=cfg.scores,
-        miou_exclude=cfg.miou_exclude, flip=flip, scales=scales, sml_stats=sml_stats,
+        miou_exclude=cfg.miou_exclude, ood_ignore=cfg.ood_ignore, protocols=cfg.protocols, flip=flip,
+        scales=scales, window=cfg.window, sml_stats=sml_stats, component_scores=cfg.component_scores,
         keep_examples=keep_examples, progress=cfg.progress,
     )  # fmt: skip
 

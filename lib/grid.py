@@ -204,7 +204,15 @@ _NEUTRAL_FIELDS = frozenset(
 )  # fmt: skip
 #: Fields added to RunConfig after rows were written: at these (default) values they stay out of
 #: the hash, so that older rows keep their ``config_id``.
-_LATER_DEFAULTS = {"weights": None, "entropy_term": "softmax"}
+_LATER_DEFAULTS = {
+    "weights": None,
+    "entropy_term": "softmax",
+    "deterministic": False,
+    "protocols": ("pooled", "per-image"),
+    "ood_ignore": (),
+    "window": None,
+    "component_scores": (),
+}
 
 
 def config_id(cfg: RunConfig, protocol: str, *, training_only: bool = False) -> str:

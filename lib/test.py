@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lib.classes import ANOMALY_ID, IGNORE_INDEX, STREETHAZARDS_CLASSES
-from lib.config import SCORES
+from lib.config import PROTOCOLS, SCORES
 from lib.data import normalize
 from lib.metrics import (
     AnomalyMetric,
@@ -36,8 +36,6 @@ from lib.metrics import (
 )
 from lib.scores import SMLStatistics, compute_scores
 from network import forward_with_extras
-
-PROTOCOLS = ("pooled", "per-image")
 
 
 @dataclass
@@ -206,6 +204,11 @@ def evaluate(
     unknown = [n for n in component_scores if n not in score_names]
     if unknown:
         raise ValueError(f"component_scores {unknown} must be among score_names {list(score_names)}")
+    if component_scores and "pooled" not in protocols:
+        raise ValueError(
+            f"component_scores {list(component_scores)} need the pooled protocol (their threshold is the "
+            f"best-F1 pooled one); protocols were {list(protocols)}"
+        )
     stores = {name: _MapStore() for name in component_scores}
     forward = _WithUntemperedLogits(model) if "abet" in score_names else model
     total = len(batches) if hasattr(batches, "__len__") else None

@@ -32,11 +32,14 @@ def test_run_writes_checkpoint_csv_and_figures(tmp_path):
     with open(tmp_path / "ckpts" / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and rows[0]["data"] == "synthetic test split"
-    for score in cfg.scores:
-        for metric in ("AUPR", "AUROC", "FPR95"):
-            value = float(rows[0][f"ood/{score}/{metric}/pooled"])
-            assert 0.0 <= value <= 100.0
-    assert 0.0 <= float(rows[0]["seg/mIoU"]) <= 100.0
+    # The run's numbers are those of its best checkpoint, evaluated here independently of the run.
+    independent = _evaluate_checkpoint(run_dir / "best.pt", cfg)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics.keys() == independent.keys()
+    for key, value in independent.items():
+        assert metrics[key] == pytest.approx(value, abs=1e-9, nan_ok=True), key
+        assert float(rows[0][key]) == pytest.approx(value, abs=1e-4, nan_ok=True), key  # CSV: 4 decimals
+    assert independent["ood/entropy/AUROC/pooled"] != independent["ood/msp/AUROC/pooled"]  # not one number
     # A second run gets its own folder and its own row; scores beyond the default four work too
     # (sml fits its statistics on the training split first).
     second = run(cfg.replace(epochs=1, scores=("entropy", "sml", "pans", "abet")), keep_examples=0)
@@ -47,6 +50,72 @@ def test_run_writes_checkpoint_csv_and_figures(tmp_path):
         assert second[f"ood/{score}/AUROC/per-image"] == pytest.approx(
             metrics[f"ood/{score}/AUROC/per-image"], abs=1e-4
         )
+
+
+def _evaluate_checkpoint(path: Path, cfg: RunConfig, **options) -> dict[str, float]:
+    """The test-split metrics of a checkpoint's weights, from the library's parts (not lib.experiment)."""
+    from lib.data import StreetHazards, make_loader
+    from lib.test import evaluate
+    from network import build_model
+
+    model = build_model(arch="deeplabv3plus", backbone=cfg.backbone, head=cfg.head, num_classes=13)
+    model.load_state_dict(torch.load(path, weights_only=True)["model"])
+    test = StreetHazards(cfg.data_root, "test")
+    loader = make_loader(test, batch_size=cfg.eval_batch_size, shuffle=False, num_workers=0, seed=0)
+    return evaluate(
+        model, loader, num_classes=13, device="cpu", score_names=cfg.scores, progress=False, **options
+    ).metrics
+
+
+@pytest.mark.slow
+def test_evaluation_options_reach_the_run_from_the_command_line(tmp_path, capsys):
+    """--protocols, --ood-ignore, --window and --component-scores, through scripts/main.py and
+    scripts/test.py, give what lib.test.evaluate gives with the same options."""
+    from scripts.main import main as main_script
+    from scripts.test import main as test_script
+
+    common = ["--preset", "tiny", "--data-root", str(tmp_path / "data"), "--out-dir", str(tmp_path / "out"),
+              "--no-progress", "--no-tensorboard"]  # fmt: skip
+    options = ["--ood-ignore", "other", "--window", "32", "48", "--protocols", "per-image"]
+    assert main_script([*common, *options]) == 0
+    run_dir = tmp_path / "out" / "runs" / "run_0"
+    cfg = RunConfig.load(run_dir / "config.json")
+    assert (cfg.ood_ignore, cfg.window, cfg.protocols) == (("other",), (32, 48), ("per-image",))
+    expected = _evaluate_checkpoint(
+        run_dir / "best.pt", cfg, ood_ignore=("other",), window=(32, 48), protocols=("per-image",)
+    )
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics == pytest.approx(expected, abs=1e-9, nan_ok=True)
+    assert not any(key.endswith("/pooled") for key in metrics)
+    plain = _evaluate_checkpoint(run_dir / "best.pt", cfg)
+    assert (
+        plain["ood/msp/AUPR/per-image"] != metrics["ood/msp/AUPR/per-image"]
+    )  # the options changed something
+
+    # Evaluation-time fields change on scripts/test.py: both protocols, another window, components.
+    flags = ["--protocols", "pooled", "per-image", "--window", "64", "64", "--component-scores", "entropy"]
+    assert test_script(["--checkpoint", str(run_dir), *flags, "--no-progress"]) == 0
+    measured = json.loads((run_dir / "test_best.json").read_text())
+    expected = _evaluate_checkpoint(
+        run_dir / "best.pt", cfg, ood_ignore=("other",), window=(64, 64), component_scores=("entropy",)
+    )
+    assert (
+        measured == pytest.approx(expected, abs=1e-9, nan_ok=True)
+        and "ood/entropy/sIoU/components" in measured
+    )
+    capsys.readouterr()
+
+    # Combinations that cannot work end with one line and exit code 2.
+    bad = {
+        ("--component-scores", "entropy", "--protocols", "per-image"): "component_scores need the pooled protocol",
+        ("--ood-ignore", "sky"): "ood_ignore='sky' is not valid; choose one of: unlabeled",
+        ("--component-scores", "sml"): "component_scores='sml' must be among scores",
+    }  # fmt: skip
+    for flags, message in bad.items():
+        assert main_script([*common, *flags]) == 2, flags
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+    assert sorted(p.name for p in (tmp_path / "out" / "runs").iterdir()) == ["run_0"]
 
 
 @pytest.mark.slow

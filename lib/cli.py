@@ -27,8 +27,8 @@ def run_config(args: argparse.Namespace, *, preset: str) -> tuple[dict[str, Any]
     ``args.resume``, the checkpoint's own config with the runtime flags given.
 
     Raises:
-        UsageError: a flag conflicts with the checkpoint, a value is invalid, or the file is not
-            a training checkpoint.
+        UsageError: a flag conflicts with the checkpoint, a value is invalid, or the --resume file is
+            missing or not a training checkpoint.
     """
     from lib.config import config_from_args, config_with_overrides, given_fields, presets
     from lib.train import latest_run, load_checkpoint
@@ -41,13 +41,15 @@ def run_config(args: argparse.Namespace, *, preset: str) -> tuple[dict[str, Any]
         checkpoint = load_checkpoint(args.resume)
         purpose = f"--resume {checkpoint['path']}"
         return checkpoint, config_with_overrides(checkpoint["config"], given_fields(args), purpose=purpose)
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:  # the user's flags and paths
         raise UsageError(str(err)) from err
 
 
 def run_reporting_errors(body: Callable[[], int]) -> int:
-    """Run a command's body; a usage error, a dataset, download or weights-file problem, or a missing
-    file (messages that name the fix) end it with that message and exit code 2 instead of a traceback. The process
+    """Run a command's body; a usage error, a dataset, download or weights-file problem (messages that
+    name the fix) end it with that message and exit code 2 instead of a traceback. Anything else -
+    an internal error, a FileNotFoundError raised inside a run included - keeps its traceback: the
+    paths a user gives are checked where they are read (`run_config`, `UsageError`). The process
     group of a torchrun launch is shut down either way."""
     from lib import distributed
     from lib.data import DatasetError
@@ -61,8 +63,6 @@ def run_reporting_errors(body: Callable[[], int]) -> int:
     except DatasetError as err:
         print(f"\ndataset error: {err}", file=sys.stderr)
     except (WeightsError, DownloadError) as err:
-        print(f"\nerror: {err}", file=sys.stderr)
-    except FileNotFoundError as err:
         print(f"\nerror: {err}", file=sys.stderr)
     finally:
         distributed.cleanup()

@@ -16,6 +16,10 @@ SCORES = ("msp", "maxlogit", "entropy", "energy")
 #: statistics fitted on the training split, ``pans`` suits a cosine head, ``abet`` the AbeT head.
 ALL_SCORES = (*SCORES, "sml", "pans", "abet")
 DATASETS = ("synthetic", "streethazards")
+#: What the run's DeepLabv3+ takes (network.ARCHS["deeplabv3plus"] and network.HEAD_NAMES; written
+#: out here so that --help needs no torch import, and tests/test_config.py checks they agree).
+BACKBONES = ("mobilenet_v2", "resnet50", "resnet101")
+HEADS = ("standard", "distance", "cosine", "abet")
 SCHEDULERS = ("plateau", "poly")
 #: Evaluation protocols of the anomaly metrics (`lib.test`): over every pixel at once, or per image.
 PROTOCOLS = ("pooled", "per-image")
@@ -91,7 +95,8 @@ class RunConfig:
     backbone: str = "mobilenet_v2"
     """DeepLabv3+ backbone: mobilenet_v2, resnet50 or resnet101."""
     head: str = "distance"
-    """Classifier head: standard (1x1 conv) or distance (-Euclidean distance to class prototypes)."""
+    """Classifier head: standard (1x1 conv), distance (-Euclidean distance to class prototypes), cosine
+    (PAnS: scaled cosine similarity) or abet (cosine logits over a learned per-pixel temperature)."""
     output_stride: int = 16
     """Backbone output stride, 16 or 8 (8 is sharper and about 3x slower)."""
     separable_conv: bool = False
@@ -220,6 +225,8 @@ class RunConfig:
     def validate(self) -> None:
         """Raise ValueError naming the field and its valid values when a setting is off."""
         _check_choice("dataset", self.dataset, DATASETS)
+        _check_choice("backbone", self.backbone, BACKBONES)
+        _check_choice("head", self.head, HEADS)
         _check_choice("loss", self.loss, LOSSES)
         _check_choice("scheduler", self.scheduler, SCHEDULERS)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -375,6 +382,8 @@ def presets() -> dict[str, dict[str, Any]]:
 #: Valid values of the fields that take a name (argparse shows them as choices).
 FIELD_CHOICES: dict[str, tuple[str, ...]] = {
     "dataset": DATASETS,
+    "backbone": BACKBONES,
+    "head": HEADS,
     "loss": LOSSES,
     "scheduler": SCHEDULERS,
     "optimizer": OPTIMIZERS,
@@ -526,6 +535,8 @@ __all__ = [
     "SCORES",
     "ALL_SCORES",
     "DATASETS",
+    "BACKBONES",
+    "HEADS",
     "SCHEDULERS",
     "OPTIMIZERS",
     "AMP_MODES",

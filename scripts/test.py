@@ -113,7 +113,10 @@ def evaluate_checkpoint(args: argparse.Namespace) -> int:
     if args.preset or args.weights:
         raise UsageError("--checkpoint brings its own config: drop --preset and --weights")
     start = time.perf_counter()
-    checkpoint = load_checkpoint(args.checkpoint, name="best.pt")
+    try:
+        checkpoint = load_checkpoint(args.checkpoint, name="best.pt")
+    except (FileNotFoundError, ValueError) as err:  # the user's --checkpoint
+        raise UsageError(str(err)) from err
     path = Path(checkpoint["path"])
     given = {k: v for k, v in given_fields(args).items() if k != "checkpoint"}  # --checkpoint is ours
     try:

@@ -123,3 +123,39 @@ def test_every_score_is_a_valid_choice():
     assert RunConfig(scores=ALL_SCORES).scores == ALL_SCORES
     with pytest.raises(ValueError, match="scores='odin'.*abet"):
         RunConfig(scores=("msp", "odin"))
+
+
+def test_model_names_are_the_networks_and_checked_up_front():
+    from lib.config import BACKBONES, HEADS
+    from network import ARCHS, HEAD_NAMES
+
+    assert BACKBONES == tuple(ARCHS["deeplabv3plus"]) and HEADS == tuple(HEAD_NAMES)
+    with pytest.raises(
+        ValueError,
+        match="backbone='resnet999' is not valid; choose one of: mobilenet_v2, resnet50, resnet101$",
+    ):
+        RunConfig(backbone="resnet999")
+    with pytest.raises(
+        ValueError, match="backbone='resnet34' is not valid"
+    ):  # a U-Net encoder, not DeepLab's
+        RunConfig(backbone="resnet34")
+    with pytest.raises(ValueError, match="head='linear' is not valid; choose one of: standard, distance"):
+        RunConfig(head="linear")
+
+
+def test_only_user_paths_become_one_line_errors(tmp_path, monkeypatch, capsys):
+    """A missing --resume file is the user's mistake (exit 2, one line); a FileNotFoundError raised
+    inside a run is a bug and keeps its traceback."""
+    import lib.experiment
+    from scripts.main import main
+
+    assert main(["--resume", str(tmp_path / "nothing.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: checkpoint not found: {tmp_path / 'nothing.pt'} (pass a .pt file or a run folder)"
+
+    def broken(cfg, **kwargs):
+        raise FileNotFoundError("/tmp/some/internal/cache.bin")
+
+    monkeypatch.setattr(lib.experiment, "run", broken)
+    with pytest.raises(FileNotFoundError, match="internal/cache.bin"):
+        main(["--preset", "tiny", "--out-dir", str(tmp_path)])

@@ -161,6 +161,13 @@ def test_notebook_runs_top_to_bottom(tmp_path):
     execute()
     assert (tmp_path / "ckpts" / "results.csv").is_file()
     assert list((tmp_path / "ckpts" / "runs").glob("run_0/best.pt"))
+    # A notebook row means what a CLI row means: the run's metrics.json, a run's wall time.
+    with open(tmp_path / "ckpts" / "results.csv", newline="") as f:
+        first = next(csv.DictReader(f))
+    metrics = json.loads((tmp_path / "ckpts" / "runs" / "run_0" / "metrics.json").read_text())
+    assert all(
+        float(first[key]) == pytest.approx(value, abs=1e-4, nan_ok=True) for key, value in metrics.items()
+    )
     # The resume path (a Colab disconnect): same run folder, its own config, a second results row.
     execute(NOTEBOOK_RESUME=str(tmp_path / "ckpts" / "runs" / "run_0"))
     mini_runs = ["mini_head=distance_seed0", "mini_head=standard_seed0"]  # the Ablation section's grid
@@ -172,9 +179,8 @@ def test_notebook_runs_top_to_bottom(tmp_path):
     # Evaluation only (the streethazards-reference path, with run_0's best weights as the file):
     # no training, a new run folder, and run_0's numbers again.
     execute(NOTEBOOK_WEIGHTS=str(tmp_path / "ckpts" / "runs" / "run_0" / "best.pt"))
-    assert sorted(p.name for p in (tmp_path / "ckpts" / "runs" / "run_1").iterdir() if p.suffix != ".png") == [
-        "config.json"
-    ]  # fmt: skip
+    files = sorted(p.name for p in (tmp_path / "ckpts" / "runs" / "run_1").iterdir() if p.suffix != ".png")
+    assert files == ["config.json", "metrics.json"]  # no checkpoint, no history: nothing was trained
     with open(tmp_path / "ckpts" / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [row["run"] for row in rows] == ["run_0", "run_0", "run_1"] and rows[2]["weights"].endswith(

@@ -24,8 +24,9 @@ written. Killed at any moment, it is simply started again: combinations with a r
 the interrupted one continues from its last epoch checkpoint (``last.pt``; a run killed before its
 first checkpoint starts over), and the rest follow. One runner per CSV at a time.
 
-A run whose loss turns NaN gets a row too, with ``status`` "failed: ..." and no metrics (it would
-fail again on a re-run), and the grid goes on. Each row carries ``config_id``, a hash of every
+A run whose loss turns NaN gets a row too, with ``status`` "failed: ..." and no metrics (on a CPU
+it would fail again on a re-run; on a GPU most likely, see ``RunConfig.deterministic``), and the grid
+goes on. Each row carries ``config_id``, a hash of every
 setting that shapes the result: a re-run whose settings changed stops with a message instead of
 mixing old and new rows. A lock file (``.<name>.lock``) keeps a second runner off the same grid.
 ``wall_seconds`` of a resumed run counts the time since it was resumed.

@@ -9,7 +9,7 @@ Examples:
     python scripts/train.py --entropy-term true-class-rows   # the reference code's entropy term
     torchrun --nproc_per_node=4 scripts/train.py --sync-bn --batch-size 4   # 4 GPUs, global batch 16
     python scripts/train.py --resume ckpts/runs/run_3                       # continue where it stopped
-    python scripts/train.py --resume ckpts/runs/run_3 --epochs 80           # ... and train for longer
+    python scripts/train.py --resume ckpts/runs/run_3 --epochs 80           # ... longer (plateau schedule)
 
 Without --preset this is the streethazards preset, the StreetHazards reference project's recipe
 (lib.config.REFERENCE_RECIPE): DeepLabv3+ ResNet-101 OS16, distance head, Cityscapes weights

@@ -17,19 +17,26 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
+from lib import distributed
 from lib import train as train_lib
 from lib.classes import NUM_KNOWN_CLASSES
 from lib.config import RunConfig, presets
+from lib.data import normalize
 from lib.experiment import make_criterion, make_datasets, make_loaders, make_model, prepare_data
+from lib.losses import SegmentationLoss
 from lib.train import (
     DiskSpaceError,
     LRSchedule,
     build_optimizer,
+    configure_determinism,
     fit,
     load_checkpoint,
     param_groups,
     save_checkpoint,
+    train_one_epoch,
+    validate,
 )
 from lib.utils import seed_everything
 
@@ -145,6 +152,26 @@ def test_warmup_then_poly_and_state_round_trip():
     assert fresh.steps == 10 and optimizer.param_groups[1]["lr"] == 0.0
 
 
+def test_resumed_poly_schedule_keeps_its_horizon():
+    """A resume with another ``epochs`` builds the schedule over another total: the saved horizon
+    must win, or the learning rate jumps at the resume."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = LRSchedule(optimizer, kind="poly", total_steps=10)
+    for _ in range(4):
+        schedule.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.6**0.9)
+    fresh = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)  # as `fit` builds it
+    resumed = LRSchedule(fresh, kind="poly", total_steps=20)  # epochs doubled on resume
+    resumed.load_state_dict(schedule.state_dict())
+    assert resumed.total_steps == 10
+    assert fresh.param_groups[0]["lr"] == pytest.approx(0.6**0.9)  # no jump
+    resumed.step()
+    assert fresh.param_groups[0]["lr"] == pytest.approx(0.5**0.9)  # the same curve goes on
+    old_state = {k: v for k, v in schedule.state_dict().items() if k != "total_steps"}  # version 2
+    resumed.load_state_dict(old_state)
+    assert resumed.total_steps == 10  # kept what it had
+
+
 def test_backbone_and_head_groups(tmp_path):
     cfg = tiny_config(tmp_path, tmp_path, lr=1e-3, backbone_lr=1e-4, optimizer="sgd")
     model = make_model(cfg)
@@ -192,6 +219,88 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(data_root, tmp_pat
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3]
     # Epochs 2 and 3 moved the weights far more than any tolerance: the comparison can fail.
     assert max_difference(full, after_first_epoch) > 1e-3
+
+
+def fake_checkpoint(**changes) -> dict:
+    """The keys `fit` checks before it builds anything (no weights: it must refuse first)."""
+    state = {
+        "path": "ckpts/runs/run_7/last.pt",
+        "model": {},
+        "optimizer": {},
+        "scheduler": {"kind": "poly", "total_steps": 2, "steps": 2, "best": math.inf},
+        "epoch": 1,
+        "history": [{"epoch": 1}],
+        "rng": [{}],
+        "data_order": {"kind": "global"},
+        "best_val_loss": 1.0,
+        "epochs_since_best": 0,
+        "world_size": 1,
+    }
+    return {**state, **changes}
+
+
+@pytest.mark.parametrize(
+    "checkpoint, message",
+    [
+        (
+            fake_checkpoint(world_size=2, rng=[{}, {}]),
+            r"run_7/last.pt was written by 2 process\(es\) and this run has 1.*random states.*"
+            r"resume it with torchrun --nproc_per_node=2, or start a new run",
+        ),
+        (
+            fake_checkpoint(),  # poly over 2 updates = 1 epoch of 2 steps, resumed with epochs=3
+            r"run_7/last.pt: its poly schedule reaches learning rate 0 at optimizer step 2 \(epoch 1\).*"
+            r"epochs 2-3 of epochs=3 would train nothing; resume with --epochs 1 or fewer",
+        ),
+    ],
+    ids=["world-size", "poly-horizon"],
+)
+def test_resume_refuses_what_it_cannot_continue(data_root, tmp_path, checkpoint, message):
+    cfg = tiny_config(data_root, tmp_path, scheduler="poly", epochs=3, max_steps_per_epoch=2)
+    loaders = make_loaders(cfg, make_datasets(cfg))
+    with pytest.raises(ValueError, match=message):
+        fit(None, loaders["train"], loaders["val"], None, cfg, device=torch.device("cpu"),
+            run_dir=tmp_path, num_classes=NUM_KNOWN_CLASSES, resume=checkpoint)  # fmt: skip
+    assert list(tmp_path.glob("*.pt")) == []
+
+
+# ----------------------------------------------------------------------------- checkpoint files
+
+
+def test_junk_checkpoints_give_one_line_naming_the_file(data_root, tmp_path, capsys):
+    good = tmp_path / "good.pt"
+    torch.save({"model": {"w": torch.zeros(1000)}, "config": {}, "epoch": 1}, good)
+    truncated = tmp_path / "truncated" / "last.pt"
+    truncated.parent.mkdir()
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    text = tmp_path / "text.pt"
+    text.write_text("not a checkpoint\n")
+    keyless = tmp_path / "keyless.pt"
+    torch.save({"model": {}}, keyless)
+    listed = tmp_path / "list.pt"
+    torch.save([1, 2], listed)
+    foreign = tmp_path / "foreign.pt"
+    keys = {"model": {}, "optimizer": {}, "scheduler": {}, "epoch": 1}
+    torch.save({**keys, "config": {"learning_rate": 0.1}}, foreign)
+    cases = [
+        (truncated.parent, "cannot be read as a torch checkpoint.*truncated or not a torch file"),
+        (text, "cannot be read as a torch checkpoint.*truncated or not a torch file"),
+        (keyless, r"not a training checkpoint of this project \(missing \['optimizer', 'scheduler'"),
+        (listed, "holds a list, not a training checkpoint"),
+        (foreign, "config that is not a RunConfig of this code.*learning_rate.*another version"),
+    ]
+    for path, reason in cases:
+        file = path / "last.pt" if path.is_dir() else path
+        with pytest.raises(ValueError, match=reason) as err:
+            load_checkpoint(path)
+        assert str(err.value).startswith(str(file)) and "\n" not in str(err.value)
+        if "RunConfig" not in reason:
+            assert "pass a last.pt or best.pt that scripts/train.py wrote" in str(err.value)
+    # The command lines end with that line (exit code 2), not a traceback.
+    for script, flag in (("train", "--resume"), ("test", "--checkpoint")):
+        assert load_script(script).main([flag, str(text), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {text} cannot be read") and "\n" not in err
 
 
 # ----------------------------------------------------------------------------- DDP
@@ -265,6 +374,89 @@ def test_two_processes_agree_with_one(data_root, tmp_path):
     assert max_difference(ddp["model"], weights(tmp_path / "other" / "last.pt")) > 1e-4
 
 
+# ----------------------------------------------------------------------------- validation
+
+
+LOSS_CASES = {
+    "fl+h, class weights": dict(name="fl+h", class_weights=torch.tensor([0.5, 2.0, 1.0, 4.0, 0.25])),
+    "ce+h, true-class-rows": dict(name="ce+h", entropy_term="true-class-rows", entropy_weight=0.5),
+    "ce, class weights": dict(name="ce", class_weights=torch.tensor([1.0, 3.0, 0.5, 1.0, 2.0])),
+}
+
+
+def validation_case(loss: str) -> tuple[torch.nn.Module, TensorDataset, SegmentationLoss]:
+    """A 1x1-conv model over 5 classes and 5 images whose labelled pixels differ: image i has
+    i * 20 of its 96 pixels ignored (255) or outside the classes (13); image 3 none labelled."""
+    generator = torch.Generator().manual_seed(0)
+    model = torch.nn.Conv2d(3, 5, kernel_size=1)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator))
+    images = torch.randint(0, 256, (5, 3, 8, 12), dtype=torch.uint8, generator=generator)
+    masks = torch.randint(0, 5, (5, 8, 12), generator=generator)
+    for i in range(5):
+        masks[i].view(-1)[: i * 20] = 255 if i % 2 else 13
+    masks[3] = 255
+    return model, TensorDataset(images, masks), SegmentationLoss(**LOSS_CASES[loss])
+
+
+@pytest.mark.parametrize("loss", list(LOSS_CASES))
+def test_validation_loss_is_the_loss_of_the_whole_split(loss):
+    """With ignored pixels and class weights, a mean of batch losses changes with the batch size
+    (and so with the number of processes); the sums must not."""
+    model, data, criterion = validation_case(loss)
+    images, masks = data.tensors
+    with torch.no_grad():
+        whole = criterion(model(normalize(images)).float(), masks).item()
+    for batch_size in (1, 2, 5):
+        loader = DataLoader(data, batch_size=batch_size)
+        val = validate(model, loader, criterion, device=torch.device("cpu"), num_classes=5)
+        assert val["val_loss"] == pytest.approx(whole, rel=1e-6), batch_size
+    # Control: the batch-1 mean of image losses is far from the loss of the split.
+    with torch.no_grad():
+        per_image = [
+            criterion(model(normalize(images[i : i + 1])).float(), masks[i : i + 1]) for i in range(5)
+        ]
+    assert abs(float(torch.stack(per_image).mean()) - whole) > 1e-3 * whole
+
+
+class TwoProcessSum:
+    """Stands for the all-reduce of two processes, in one: the first `validate` records the
+    tensors its process would send, the second adds them to its own (same calls, same order)."""
+
+    def __init__(self) -> None:
+        self.sent: list[torch.Tensor] = []
+        self.recording = True
+
+    def all_reduce_sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.recording:
+            self.sent.append(tensor.clone())
+        else:
+            tensor += self.sent.pop(0)
+        return tensor
+
+
+def test_validation_loss_is_summed_across_processes(monkeypatch):
+    """Shards {0, 2, 4} and {1, 3} (`ShardSampler`, batch 2) of two processes give the numbers
+    of one process over the whole split: the sums are reduced, not the shards' means."""
+    model, data, criterion = validation_case("fl+h, class weights")
+    cpu = torch.device("cpu")
+    single = validate(model, DataLoader(data, batch_size=5), criterion, device=cpu, num_classes=5)
+    reduction = TwoProcessSum()
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    monkeypatch.setattr(distributed, "all_reduce_sum_", reduction.all_reduce_sum_)
+    shards = []
+    for rank in (1, 0):
+        sampler = distributed.ShardSampler(data, rank=rank, world_size=2)
+        loader = DataLoader(data, batch_size=2, sampler=sampler)
+        shards.append(validate(model, loader, criterion, device=cpu, num_classes=5))
+        reduction.recording = False
+    assert not reduction.sent  # every tensor rank 1 sent was added
+    assert shards[1]["val_loss"] == pytest.approx(single["val_loss"], rel=1e-6)
+    assert shards[1]["val_mIoU"] == pytest.approx(single["val_mIoU"], rel=1e-9)
+    assert shards[0]["val_loss"] != pytest.approx(single["val_loss"], rel=1e-3)  # one shard alone
+
+
 # ----------------------------------------------------------------------------- step mechanics
 
 
@@ -308,6 +500,34 @@ def test_nan_loss_stops_naming_epoch_and_step(data_root, tmp_path):
             run_dir=tmp_path, num_classes=NUM_KNOWN_CLASSES)  # fmt: skip
 
 
+def test_nan_loss_is_read_once_per_window_and_named_with_its_steps(data_root, tmp_path, monkeypatch):
+    """The losses are read (and agreed on across processes) every FINITE_CHECK_STEPS steps, not
+    every step; the error still names the first bad step and the steps read together."""
+    monkeypatch.setattr(train_lib, "FINITE_CHECK_STEPS", 2)
+    checks = []
+
+    def counting_all_true(flag, **kwargs):
+        checks.append(flag)
+        return flag
+
+    monkeypatch.setattr(distributed, "all_true", counting_all_true)
+    cfg = tiny_config(data_root, tmp_path, batch_size=2, max_steps_per_epoch=4, optimizer="sgd")
+    loaders = make_loaders(cfg, make_datasets(cfg))
+    model = make_model(cfg)
+    optimizer = build_optimizer(model, cfg)
+    calls = []
+
+    def nan_from_step_3(logits, masks):
+        calls.append(len(calls))
+        loss = logits.float().mean()
+        return loss * float("nan") if len(calls) == 4 else loss
+
+    with pytest.raises(FloatingPointError, match=r"loss is nan at epoch 2, step 3 \(.*every 2 steps; this check read steps 2-3\): lower the learning rate"):  # fmt: skip
+        train_one_epoch(model, loaders["train"], nan_from_step_3, optimizer, cfg,
+                        device=torch.device("cpu"), epoch=2)  # fmt: skip
+    assert checks == [True, False]  # after steps 1 and 3: two collectives for four steps
+
+
 def test_early_stopping_after_patience_epochs(data_root, tmp_path, monkeypatch):
     scripted = iter([1.0, 1.1, 0.9, 0.95, 0.95, 0.95, 0.5])
 
@@ -343,6 +563,44 @@ def test_resume_restores_best_lost_to_a_kill(data_root, tmp_path):
     model, history = train_run(cfg, tmp_path / "run", resume=load_checkpoint(tmp_path / "run"))
     assert len(history) == 1
     assert_same_weights(weights(tmp_path / "run" / "best.pt"), weights(tmp_path / "run" / "last.pt"))
+
+
+@pytest.fixture
+def global_determinism(monkeypatch):
+    """Put back torch's process-wide determinism switches (and CUBLAS_WORKSPACE_CONFIG) after a test."""
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+    )
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)  # monkeypatch restores it
+    torch.use_deterministic_algorithms(False)
+    torch.backends.cudnn.benchmark = torch.backends.cudnn.deterministic = False
+    yield
+    torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
+
+
+def test_determinism_switches(tmp_path, global_determinism, monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # no CUDA call is made: flags only
+    configure_determinism(tiny_config(tmp_path, tmp_path), cpu)
+    assert not torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
+    configure_determinism(tiny_config(tmp_path, tmp_path), cuda)
+    assert torch.backends.cudnn.benchmark  # fixed crops: autotune, as before
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+
+    configure_determinism(tiny_config(tmp_path, tmp_path, deterministic=True), cuda)
+    assert torch.are_deterministic_algorithms_enabled()
+    assert torch.is_deterministic_algorithms_warn_only_enabled()  # DeepLab's upsampling backward has none
+    assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    configure_determinism(tiny_config(tmp_path, tmp_path), cuda)  # enabled by a caller: kept off
+    assert not torch.backends.cudnn.benchmark and torch.are_deterministic_algorithms_enabled()
+
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # the user's own choice stays
+    configure_determinism(tiny_config(tmp_path, tmp_path, deterministic=True), cpu)
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
 
 
 def test_disk_space_is_checked_before_saving(tmp_path, monkeypatch):

@@ -478,10 +478,25 @@ def test_gradient_accumulation_equals_the_larger_batch(data_root, tmp_path, dete
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
-def test_mixed_precision_and_channels_last_train_on_cpu(data_root, tmp_path, amp):
+def test_mixed_precision_and_channels_last_train_on_cpu(data_root, tmp_path, amp, monkeypatch):
     cfg = tiny_config(data_root, tmp_path, amp=amp, channels_last=True, max_steps_per_epoch=1)
+    seen = []  # (training?, dtype, channels-last?) of the first backbone convolution's output
+
+    def make_watched_model(cfg, build=make_model):
+        model = build(cfg)
+        conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        conv.register_forward_hook(
+            lambda module, args, out: seen.append(
+                (module.training, out.dtype, out.is_contiguous(memory_format=torch.channels_last))
+            )
+        )
+        return model
+
+    monkeypatch.setattr(sys.modules[__name__], "make_model", make_watched_model)
     model, history = train_run(cfg, tmp_path / amp)
     assert math.isfinite(history[0]["train_loss"]) and math.isfinite(history[0]["val_loss"])
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    assert (True, dtype, True) in seen  # autocast ran in the training step, on channels-last tensors
     checkpoint = load_checkpoint(tmp_path / amp)
     assert bool(checkpoint["scaler"]) == (amp == "fp16")  # fp16 keeps a GradScaler state
 

@@ -14,6 +14,8 @@ StreetHazards layout (the real release and the synthetic one that `lib.synthetic
     root/test/images/test/t5/*.png          root/test/annotations/test/t5/*.png   (t6, t5-6 too)
     root/train/training.odgt, root/train/validation.odgt, root/test/test.odgt    (optional index)
 
+(`STREETHAZARDS_SPLITS`, the one definition of it that `lib.synthetic` and `lib.download` use too.)
+
 StreetHazards annotations are single-channel PNGs with raw values 1..14; the dataset returns
 train ids ``raw - 1`` (0..13, anomaly = 13), and raw 0 becomes the ignore value 255.
 
@@ -41,16 +43,11 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from lib.classes import ANOMALY_ID, IGNORE_INDEX, RAW_MAX, RAW_MIN, STREETHAZARDS_CLASSES
+from lib.layout import STREETHAZARDS_SPLITS, StreetHazardsSplit  # noqa: F401 - re-exported
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-#: StreetHazards split name -> (odgt file, image folder, annotation folder), relative to the root.
-SPLITS: dict[str, tuple[str, str, str]] = {
-    "train": ("train/training.odgt", "train/images/training", "train/annotations/training"),
-    "val": ("train/validation.odgt", "train/images/validation", "train/annotations/validation"),
-    "test": ("test/test.odgt", "test/images/test", "test/annotations/test"),
-}
 
 # Decode straight to RGB where OpenCV can (4.10+); ignore EXIF orientation because label images
 # are drawn on the stored pixel grid, never on a rotated view.
@@ -402,10 +399,11 @@ def find_samples(root: str | Path, split: str) -> list[Sample]:
     Raises:
         DatasetError: unknown split, missing folders, empty split or unpaired files.
     """
-    if split not in SPLITS:
-        raise DatasetError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    if split not in STREETHAZARDS_SPLITS:
+        raise DatasetError(f"unknown split {split!r}; valid splits: {', '.join(STREETHAZARDS_SPLITS)}")
     root = Path(root)
-    odgt, image_dir, annotation_dir = SPLITS[split]
+    layout = STREETHAZARDS_SPLITS[split]
+    odgt, image_dir, annotation_dir = layout.odgt, layout.image_dir, layout.annotation_dir
     if not (root / image_dir).is_dir():
         raise DatasetError(_missing_root_message(root, image_dir))
     if (root / odgt).is_file():
@@ -487,7 +485,7 @@ class StreetHazards(SegmentationDataset):
 
     name = "StreetHazards"
     classes = STREETHAZARDS_CLASSES
-    splits = tuple(SPLITS)
+    splits = tuple(STREETHAZARDS_SPLITS)
     anomaly_id = ANOMALY_ID
     encoding = STREETHAZARDS_ENCODING
 
@@ -495,8 +493,8 @@ class StreetHazards(SegmentationDataset):
         return find_samples(self.root, self.split)
 
     def annotation_files(self) -> list[tuple[Path, Path]]:
-        _, image_dir, annotation_dir = SPLITS[self.split]
-        image_dir, annotation_dir = self.root / image_dir, self.root / annotation_dir
+        layout = STREETHAZARDS_SPLITS[self.split]
+        image_dir, annotation_dir = self.root / layout.image_dir, self.root / layout.annotation_dir
         if not annotation_dir.is_dir():
             return []
         return [(a, image_dir / a.relative_to(annotation_dir)) for a in sorted(annotation_dir.rglob("*.png"))]

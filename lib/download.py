@@ -46,20 +46,17 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from lib.layout import STREETHAZARDS_SPLITS
+
 STREETHAZARDS_BASE_URL = "https://people.eecs.berkeley.edu/~hendrycks"
-#: part -> (tar name, MD5). The sums are the full digests published by pytorch-ood.
+#: part -> (tar name, MD5). The sums are the full digests published by pytorch-ood. Which split
+#: each part holds: `lib.layout.STREETHAZARDS_SPLITS` (``part``).
 STREETHAZARDS_TARS: dict[str, tuple[str, str]] = {
     "train": ("streethazards_train.tar", "cd2d1a8649848afb85b5059d227d2090"),
     "test": ("streethazards_test.tar", "8c547c1346b00c21b2483887110bfea7"),
 }
 #: Images per split of the real release.
 STREETHAZARDS_COUNTS: dict[str, int] = {"train": 5125, "val": 1031, "test": 1500}
-#: split -> (tar part that holds it, image folder relative to the root).
-_STREETHAZARDS_SPLITS: dict[str, tuple[str, str]] = {
-    "train": ("train", "train/images/training"),
-    "val": ("train", "train/images/validation"),
-    "test": ("test", "test/images/test"),
-}
 
 _RETRYABLE = (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError)
 
@@ -198,11 +195,13 @@ def download_file(
     """
     dest = Path(dest)
     if dest.exists():
-        if md5 is not None and not md5_matches(md5sum(dest), md5):
-            raise DownloadError(
-                f"{dest} exists but its MD5 is {md5sum(dest)}, expected {md5}: the file is corrupted or "
-                "incomplete; delete it and run the download again"
-            )
+        if md5 is not None:
+            actual = md5sum(dest)  # once: the file may be a 9 GB archive
+            if not md5_matches(actual, md5):
+                raise DownloadError(
+                    f"{dest} exists but its MD5 is {actual}, expected {md5}: the file is corrupted or "
+                    "incomplete; delete it and run the download again"
+                )
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -328,8 +327,8 @@ def count_streethazards_images(root: str | Path) -> dict[str, int]:
     """Images (PNG files) per StreetHazards split under `root`; 0 where a folder is missing."""
     root = Path(root)
     return {
-        split: sum(1 for _ in (root / folder).rglob("*.png"))
-        for split, (_, folder) in _STREETHAZARDS_SPLITS.items()
+        split: sum(1 for _ in (root / layout.image_dir).rglob("*.png"))
+        for split, layout in STREETHAZARDS_SPLITS.items()
     }
 
 
@@ -345,7 +344,8 @@ def check_streethazards_counts(
         DownloadError: a split with another number of images (naming the folder and the fix).
     """
     counts = count_streethazards_images(root)
-    for split, (part, folder) in _STREETHAZARDS_SPLITS.items():
+    for split, layout in STREETHAZARDS_SPLITS.items():
+        part, folder = layout.part, layout.image_dir
         if part in parts and split in expected and counts[split] != expected[split]:
             raise DownloadError(
                 f"{Path(root) / folder} holds {counts[split]} images, expected {expected[split]} for the "
@@ -358,7 +358,9 @@ def check_streethazards_counts(
 def _part_complete(root: Path, part: str, expected: Mapping[str, int]) -> bool:
     """Whether every split a tar part holds has its expected number of images under `root`."""
     counts = count_streethazards_images(root)
-    splits = [split for split, (p, _) in _STREETHAZARDS_SPLITS.items() if p == part and split in expected]
+    splits = [
+        split for split, layout in STREETHAZARDS_SPLITS.items() if layout.part == part and split in expected
+    ]
     return bool(splits) and all(counts[split] == expected[split] for split in splits)
 
 

@@ -18,6 +18,9 @@ Layout written by :func:`generate_streethazards` (root = the folder given)::
     test/images/test/t5/000000.png          test/annotations/test/t5/000000.png
     train/training.odgt  train/validation.odgt  test/test.odgt  synthetic.json
 
+The folders and index files are those of `lib.layout.STREETHAZARDS_SPLITS` (each split's town
+folder); this module does not import torch.
+
 Images are 8-bit RGB PNGs; annotations are single-channel PNGs with raw values 1..14
 (raw = train id + 1, sky/background = 1 "unlabeled", anomaly = 14).
 """
@@ -39,6 +42,7 @@ import cv2
 import numpy as np
 
 from lib.classes import ANOMALY_ID, class_id
+from lib.layout import STREETHAZARDS_SPLITS
 
 # ----------------------------------------------------------------------------- constants
 
@@ -59,12 +63,6 @@ ANOMALY = ANOMALY_ID
 
 #: split name -> code mixed into the random seed of every image of that split.
 SPLIT_CODES: dict[str, int] = {"train": 0, "val": 1, "test": 2}
-#: split name -> (image folder, annotation folder, odgt index), relative to the root.
-SPLIT_LAYOUT: dict[str, tuple[str, str, str]] = {
-    "train": ("train/images/training/t1-3", "train/annotations/training/t1-3", "train/training.odgt"),
-    "val": ("train/images/validation/t4", "train/annotations/validation/t4", "train/validation.odgt"),
-    "test": ("test/images/test/t5", "test/annotations/test/t5", "test/test.odgt"),
-}
 #: Name of the parameter file written at the root; its presence marks a generated dataset.
 MARKER_FILE = "synthetic.json"
 #: Bumped whenever the drawing changes, so an old dataset is not silently reused.
@@ -1416,7 +1414,8 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 
 def _records(split: str, n: int, height: int, width: int) -> list[dict]:
-    image_dir, annotation_dir, _ = SPLIT_LAYOUT[split]
+    where = STREETHAZARDS_SPLITS[split]
+    image_dir, annotation_dir = where.town_image_dir, where.town_annotation_dir
     return [
         {
             "dbName": "StreetHazards",
@@ -1473,7 +1472,7 @@ def dataset_is_complete(
         return False
     for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
         try:
-            records = json.loads((root / SPLIT_LAYOUT[split][2]).read_text())
+            records = json.loads((root / STREETHAZARDS_SPLITS[split].odgt).read_text())
         except (OSError, ValueError):
             return False
         if not isinstance(records, list) or len(records) != n:
@@ -1484,15 +1483,18 @@ def dataset_is_complete(
     return True
 
 
-def _write_one(task: tuple[str, str, int, int, int, int]) -> str:
-    """Render one scene and write its image and annotation PNGs (worker entry point)."""
-    root, split, index, seed, height, width = task
+def _write_one(task: tuple[str, str, str, int, int, int, int]) -> str:
+    """Render one scene and write its image and annotation PNGs (worker entry point).
+
+    ``task`` is (image folder, annotation folder, split, index, seed, height, width): the parent
+    resolves the folders.
+    """
+    image_dir, annotation_dir, split, index, seed, height, width = task
     image, label = render_scene(seed=seed, split=split, index=index, height=height, width=width)
-    image_dir, annotation_dir, _ = SPLIT_LAYOUT[split]
     name = f"{index:06d}.png"
     for path, array in (
-        (Path(root) / image_dir / name, np.ascontiguousarray(image[:, :, ::-1])),
-        (Path(root) / annotation_dir / name, label + np.uint8(1)),
+        (Path(image_dir) / name, np.ascontiguousarray(image[:, :, ::-1])),
+        (Path(annotation_dir) / name, label + np.uint8(1)),
     ):
         if not cv2.imwrite(str(path), array):
             raise OSError(f"could not write {path}")
@@ -1597,6 +1599,8 @@ def generate_streethazards(
             "generated": generated,
         }
 
+    splits = STREETHAZARDS_SPLITS
+    written = [(s.town_image_dir, s.town_annotation_dir, s.odgt) for s in splits.values()]
     marker = _read_marker(root)
     if not overwrite:
         if marker is not None:
@@ -1613,14 +1617,14 @@ def generate_streethazards(
                 root, n_train=n_train, n_val=n_val, n_test=n_test, height=height, width=width, seed=seed
             ):
                 return summary(False)
-        elif any((root / p).exists() for layout in SPLIT_LAYOUT.values() for p in layout):
+        elif any((root / p).exists() for paths in written for p in paths):
             raise ValueError(
                 f"{root} already holds StreetHazards-layout files that this generator did not write "
                 f"(no {MARKER_FILE}); pass overwrite=True (CLI: --overwrite) to replace them, or choose another root"
             )
 
     # Fresh start: remove only what this generator writes.
-    for image_dir, annotation_dir, odgt in SPLIT_LAYOUT.values():
+    for image_dir, annotation_dir, odgt in written:
         for d in (image_dir, annotation_dir):
             if (root / d).is_dir():
                 shutil.rmtree(root / d)
@@ -1631,7 +1635,15 @@ def generate_streethazards(
     _write_text_atomic(root / MARKER_FILE, json.dumps({"params": params, "complete": False}, indent=2) + "\n")
 
     tasks = [
-        (str(root), split, i, int(seed), int(height), int(width))
+        (
+            str(root / splits[split].town_image_dir),
+            str(root / splits[split].town_annotation_dir),
+            split,
+            i,
+            int(seed),
+            int(height),
+            int(width),
+        )
         for split, n in counts.items()
         for i in range(n)
     ]
@@ -1650,7 +1662,7 @@ def generate_streethazards(
         bar.close()
 
     for split, n in counts.items():
-        odgt = root / SPLIT_LAYOUT[split][2]
+        odgt = root / splits[split].odgt
         _write_text_atomic(odgt, json.dumps(_records(split, n, height, width)) + "\n")
     _write_text_atomic(root / MARKER_FILE, json.dumps({"params": params, "complete": True}, indent=2) + "\n")
     return summary(True)

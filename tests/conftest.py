@@ -14,19 +14,18 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-SPLIT_DIRS = {
-    "train": ("train/images/training/t1-3", "train/annotations/training/t1-3", "train/training.odgt"),
-    "val": ("train/images/validation/t4", "train/annotations/validation/t4", "train/validation.odgt"),
-    "test": ("test/images/test/t5", "test/annotations/test/t5", "test/test.odgt"),
-}
+from lib.layout import STREETHAZARDS_SPLITS  # noqa: E402 - needs ROOT on the path
 
 
 def write_split(
     root: Path, split: str, n: int, *, size=(16, 24), seed=0, odgt=True
 ) -> list[tuple[Path, Path]]:
-    """Write n image/annotation pairs in the real layout; annotation raw values 1..13 (14 in test)."""
+    """Write n image/annotation pairs in the real layout (`lib.layout.STREETHAZARDS_SPLITS`, each
+    split's town folder); annotation raw values 1..13 (14 in test)."""
+
     rng = np.random.default_rng(seed)
-    image_dir, annotation_dir, odgt_name = SPLIT_DIRS[split]
+    layout = STREETHAZARDS_SPLITS[split]
+    image_dir, annotation_dir, odgt_name = layout.town_image_dir, layout.town_annotation_dir, layout.odgt
     (root / image_dir).mkdir(parents=True, exist_ok=True)
     (root / annotation_dir).mkdir(parents=True, exist_ok=True)
     h, w = size

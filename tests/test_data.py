@@ -8,9 +8,11 @@ import torch
 from torchvision import tv_tensors
 
 from lib.data import (
+    STREETHAZARDS_SPLITS,
     DatasetError,
     LabelEncoding,
     StreetHazards,
+    StreetHazardsSplit,
     class_pixel_counts,
     class_statistics,
     find_samples,
@@ -23,7 +25,7 @@ from lib.data import (
     train_transforms,
     validate_split,
 )
-from tests.conftest import SPLIT_DIRS, write_split
+from tests.conftest import write_split
 
 
 def test_round_trip_values_and_types(tmp_path):
@@ -50,7 +52,7 @@ def test_raw_zero_becomes_ignore(tmp_path):
 
 def test_odgt_both_styles_and_folder_discovery(tmp_path):
     write_split(tmp_path, "val", 3)
-    odgt = tmp_path / SPLIT_DIRS["val"][2]
+    odgt = tmp_path / STREETHAZARDS_SPLITS["val"].odgt
     array_style = find_samples(tmp_path, "val")
     records = read_odgt(odgt)
     odgt.write_text("\n".join(json.dumps(r) for r in records) + "\n")  # one object per line
@@ -59,11 +61,41 @@ def test_odgt_both_styles_and_folder_discovery(tmp_path):
     assert sorted(find_samples(tmp_path, "val"), key=str) == sorted(array_style, key=str)
 
 
-def test_test_folders_t5_t6(tmp_path):
-    write_split(tmp_path, "test", 2, odgt=False)
-    for d in ("test/images/test", "test/annotations/test"):
-        (tmp_path / d / "t5").rename(tmp_path / d / "t6")
-    assert len(StreetHazards(tmp_path, "test")) == 2
+def test_the_layout_is_the_release_layout():
+    """The one layout definition, spelled out: the loader, the synthetic generator, the download
+    counts and the test fixtures all use it, so a slip here would pass their tests unnoticed."""
+    assert STREETHAZARDS_SPLITS == {
+        "train": StreetHazardsSplit(
+            "train/images/training", "train/annotations/training", "train/training.odgt", "t1-3", "train"
+        ),
+        "val": StreetHazardsSplit(
+            "train/images/validation", "train/annotations/validation", "train/validation.odgt", "t4", "train"
+        ),
+        "test": StreetHazardsSplit(
+            "test/images/test", "test/annotations/test", "test/test.odgt", "t5", "test"
+        ),
+    }
+    assert list(STREETHAZARDS_SPLITS) == ["train", "val", "test"] == list(StreetHazards.splits)
+    test = STREETHAZARDS_SPLITS["test"]
+    assert test.town_image_dir == "test/images/test/t5"
+    assert test.town_annotation_dir == "test/annotations/test/t5"
+    with pytest.raises(AttributeError):
+        test.town = "t6"  # frozen: every module shares the one instance
+
+
+@pytest.mark.parametrize("towns", [("t6",), ("t5-6",), ("t5", "t6")])
+def test_test_folders_t5_t6(tmp_path, towns):
+    """The real test split has t5 and t6 (t5-6 in some copies): every town folder is read."""
+    for k, town in enumerate(towns):
+        staging = tmp_path / f"staging{k}"
+        write_split(staging, "test", 2, seed=k, odgt=False)
+        for d in ("test/images/test", "test/annotations/test"):
+            for f in (staging / d / "t5").iterdir():
+                (tmp_path / d / town).mkdir(parents=True, exist_ok=True)
+                f.rename(tmp_path / d / town / f"{k}{f.name}")
+    ds = StreetHazards(tmp_path, "test")
+    assert len(ds) == 2 * len(towns) and ds.validate() == 2 * len(towns)
+    assert sorted({s.image.parent.name for s in ds.samples}) == sorted(towns)
 
 
 def test_missing_root_names_the_fix(tmp_path):
@@ -90,7 +122,7 @@ def test_annotation_without_image(tmp_path):
     with pytest.raises(DatasetError, match="empty"):
         validate_split(tmp_path, "train")
     write_split(tmp_path, "train", 2, odgt=False)
-    (tmp_path / SPLIT_DIRS["train"][0] / "1.png").unlink()
+    (tmp_path / STREETHAZARDS_SPLITS["train"].town_image_dir / "1.png").unlink()
     with pytest.raises(DatasetError, match="1.png has no image"):
         validate_split(tmp_path, "train")
 

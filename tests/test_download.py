@@ -4,16 +4,20 @@ import hashlib
 import http.server
 import io
 import re
+import subprocess
+import sys
 import tarfile
 import threading
 from pathlib import Path
 
 import pytest
 
+import lib.download
 from lib.data import StreetHazards
 from lib.download import (
     DownloadError,
     check_streethazards_counts,
+    count_streethazards_images,
     download_file,
     download_gdrive,
     download_streethazards,
@@ -138,6 +142,41 @@ def test_existing_corrupted_file_names_the_fix(server, tmp_path):
     assert (tmp_path / "a.tar").read_bytes() == b"junk"  # a file we did not write is never deleted
 
 
+@pytest.fixture
+def md5_calls(monkeypatch) -> list[Path]:
+    """The files `lib.download.md5sum` hashes (each a full read: 9 GB for the train archive)."""
+    calls: list[Path] = []
+    real = lib.download.md5sum
+
+    def counting(path, **kwargs):
+        calls.append(Path(path))
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(lib.download, "md5sum", counting)
+    return calls
+
+
+def test_an_existing_file_is_hashed_once(server, tmp_path, md5_calls):
+    dest = tmp_path / "a.tar"
+    dest.write_bytes(b"junk")
+    with pytest.raises(DownloadError, match=f"its MD5 is {_md5(b'junk')}, expected 0{{32}}"):
+        download_file(f"{server.url}/a.tar", dest, md5="0" * 32, **FAST)  # mismatch
+    assert md5_calls == [dest]
+    download_file(f"{server.url}/a.tar", dest, md5=_md5(b"junk"), **FAST)  # match
+    assert md5_calls == [dest, dest] and server.log == []
+
+
+def test_a_downloaded_file_is_hashed_once(server, tmp_path, md5_calls):
+    data = b"the real archive" * 100
+    server.files["/a.tar"] = data[:-1] + b"!"
+    with pytest.raises(DownloadError, match=f"is {_md5(data[:-1] + b'!')}, expected {_md5(data)}"):
+        download_file(f"{server.url}/a.tar", tmp_path / "a.tar", md5=_md5(data), **FAST)  # mismatch
+    assert md5_calls == [tmp_path / "a.tar.part"]
+    server.files["/a.tar"] = data
+    download_file(f"{server.url}/a.tar", tmp_path / "a.tar", md5=_md5(data), **FAST)  # match
+    assert md5_calls == [tmp_path / "a.tar.part"] * 2
+
+
 def test_too_many_interruptions_keep_the_partial_file(server, tmp_path):
     server.files["/a.tar"] = b"y" * 5000
     server.drops = [1000] * 10
@@ -254,6 +293,33 @@ def test_complete_extraction_without_marker_is_not_downloaded_again(server, tmp_
             root, parts=("train",), base_url=f"{server.url}/sh", expected_counts={"train": 2, "val": 3},
             retries=0, retry_wait=0.0, progress=False,
         )  # fmt: skip
+
+
+def test_counts_cover_every_town_folder_of_a_split(tmp_path):
+    """The real test split has t5 and t6 (t5-6 in some copies); the counts search the split's folder."""
+    write_split(tmp_path, "train", 2)
+    write_split(tmp_path, "test", 3, odgt=False)
+    for town, n in (("t6", 2), ("t5-6", 1)):
+        for i in range(n):
+            (tmp_path / "test/images/test" / town).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "test/images/test" / town / f"{i}.png").write_bytes(b"")  # counted, not read
+    expected = {"train": 2, "val": 0, "test": 6}
+    assert count_streethazards_images(tmp_path) == expected
+    assert check_streethazards_counts(tmp_path, expected) == expected
+    with pytest.raises(DownloadError, match=r"validation holds 0 images, expected 1 .*\.extracted_train"):
+        check_streethazards_counts(tmp_path, {"train": 2, "val": 1, "test": 6})
+    check_streethazards_counts(tmp_path, {"train": 2, "val": 1, "test": 6}, parts=("test",))  # val: train tar
+
+
+def test_importing_the_downloader_does_not_import_torch():
+    """lib.data (torch) is imported by the StreetHazards count functions when they run, not with the module."""
+    code = (
+        "import sys, lib.download; "
+        "loaded = [m for m in ('lib.data', 'torch') if m in sys.modules]; "
+        "assert not loaded, f'importing lib.download imported {loaded}'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 def test_download_script_and_shell_wrapper(server, tmp_path, streethazards_tars, capsys):

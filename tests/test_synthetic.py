@@ -13,7 +13,7 @@ import pytest
 
 import lib.synthetic as synthetic
 from lib.classes import ANOMALY_ID, NUM_KNOWN_CLASSES, STREETHAZARDS_CLASSES, class_id
-from lib.synthetic import SPLIT_LAYOUT, dataset_is_complete, generate_streethazards, render_scene
+from lib.synthetic import dataset_is_complete, generate_streethazards, render_scene
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(n_train=6, n_val=3, n_test=8, height=64, width=128, seed=3)
@@ -45,7 +45,6 @@ def _read(path: Path) -> np.ndarray:
 
 def test_layout_and_odgt_are_exactly_streethazards(small_dataset):
     root = small_dataset
-    assert SPLIT_LAYOUT == EXPECTED_DIRS
     counts = {"train": SMALL["n_train"], "val": SMALL["n_val"], "test": SMALL["n_test"]}
     for split, (image_dir, annotation_dir, odgt) in EXPECTED_DIRS.items():
         text = (root / odgt).read_text()
@@ -120,6 +119,23 @@ def test_worker_pool_writes_the_same_bytes(small_dataset, tmp_path, monkeypatch)
             for i in range(n):
                 name = f"{folder}/{i:06d}.png"
                 assert (tmp_path / name).read_bytes() == (small_dataset / name).read_bytes(), name
+
+
+def test_render_workers_do_not_import_torch(tmp_path):
+    """A spawned worker imports lib.synthetic and runs `_write_one`; neither may import lib.data
+    for the layout (it imports torch: seconds and hundreds of MB per worker)."""
+    images, annotations = tmp_path / "images", tmp_path / "annotations"
+    images.mkdir()
+    annotations.mkdir()
+    code = (
+        "import sys, lib.synthetic as s; "
+        f"s._write_one(({str(images)!r}, {str(annotations)!r}, 'test', 0, 0, 32, 32)); "
+        "loaded = [m for m in ('lib.data', 'torch') if m in sys.modules]; "
+        "assert not loaded, f'the worker imported {loaded}'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert [p.name for p in images.iterdir()] == [p.name for p in annotations.iterdir()] == ["000000.png"]
 
 
 # ----------------------------------------------------------------------------- content

@@ -6,11 +6,14 @@ histogram, so a whole test split can be streamed through them:
 
 * `ConfusionMatrix` -- closed-set segmentation: per-class IoU, mIoU, pixel and class accuracy.
 * `AnomalyMetric` -- pixel-level anomaly detection, pooled over every counted pixel of a split:
-  AUPR (average precision), AUROC and FPR at 95 % TPR, computed from exact-rank histograms
-  of the float32 score bits.
+  AUPR (average precision), AUROC and FPR at 95 % TPR, approximated from order-preserving
+  histograms of the float32 bits of ``score - offset`` (ties only between scores closer than
+  about 5e-4 relative to their distance from the offset; see the class docstring for the bound).
+  `exact_rank_metrics` (and ``PerImageAnomalyMetric(exact=True)``) sort the scores instead.
 
-States are plain int64 tensors listed by ``state_tensors``; summing them across processes
-(``torch.distributed.all_reduce``) or with ``merge`` gives the state of the union of the data.
+States are plain tensors listed by ``state_tensors``; summing them across processes
+(``torch.distributed.all_reduce``) or with ``merge`` gives the state of the union of the data
+(`AnomalyMetric` also checks that every part was binned around the same offset).
 """
 
 from __future__ import annotations
@@ -207,6 +210,74 @@ def _score_index(scores: torch.Tensor, label: torch.Tensor | None, bits: int) ->
     return key
 
 
+#: At most about this many finite scores (evenly strided) choose an offset: the median of such a
+#: subsample centres the bins as well as the full median, at a fraction of its cost.
+_OFFSET_SAMPLE = 1 << 16
+#: The median becomes the offset only when it lies further than this many median absolute
+#: deviations from 0: then the scores crowd around a level far from 0 (e.g. -5e5 +- 1e4), and
+#: float32 bins of the raw scores are as coarse as the level. Otherwise 0 keeps the resolution,
+#: relative to |score|, that scores around or across 0, or spanning decades, need (e.g. -log max
+#: softmax of confident pixels, 1e-7 .. 1e-3).
+_OFFSET_MIN_DEVIATIONS = 4.0
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _choose_offset(x: torch.Tensor, keep: torch.Tensor | None) -> float | None:
+    """The offset a batch chooses for `_shifted`: the median of its finite counted scores when
+    the scores sit far from 0 relative to their spread, else 0.0; None without a finite score.
+
+    Args:
+        x: float32 scores. Shape (N,). keep: optional bool mask of the counted pixels. Shape (N,).
+
+    Returns:
+        A float32 value as a Python float (+0.0, never -0.0), or None when no counted score is
+        finite. It is the median ``m`` of the finite counted scores among every ``N // 2**16``-th
+        pixel (all of them if that sample has none) if ``|m| > 4 * median(|score - m|)``, else 0.0.
+        Equal inputs give the same offset on every device: ``torch.median`` (the lower middle
+        value) selects a value, and ``|score - m|`` is one correctly rounded float32 operation.
+    """
+
+    def finite_counted(sample: torch.Tensor, counted: torch.Tensor | None) -> torch.Tensor:
+        finite = torch.isfinite(sample)
+        if counted is not None:
+            finite &= counted
+        return sample[finite]
+
+    # Stride before masking: a boolean mask over a whole 1-Mpixel image costs more than the rest.
+    step = max(1, x.numel() // _OFFSET_SAMPLE)
+    values = finite_counted(x[::step], None if keep is None else keep[::step])
+    if values.numel() == 0 and step > 1:
+        values = finite_counted(x, keep)  # the sample missed the few counted scores
+    if values.numel() == 0:
+        return None
+    median = values.median()
+    deviation = (values - median).abs_().median()
+    far = float(median.abs()) > _OFFSET_MIN_DEVIATIONS * float(deviation)
+    return float(median) + 0.0 if far else 0.0  # + 0.0 turns -0.0 into 0.0
+
+
+def _shifted(scores: torch.Tensor, x: torch.Tensor, offset: float | None) -> torch.Tensor:
+    """``scores - offset`` as float32, for `_score_index`; ``x`` itself when there is no offset.
+
+    Args:
+        scores: the scores as given (any float dtype). x: the same scores as float32.
+            Shape (N,) both, on one device.
+        offset: a float32 value, or None / 0.0 for no shift.
+
+    Returns:
+        float32 differences. Shape (N,). float64 scores are shifted in float64 before the cast
+        (their float32 rounding near a large offset would tie what the shift separates), others in
+        float32, whose subtraction is correctly rounded. Rounding is monotone: equal scores stay
+        equal and no two scores swap (scores closer than a float32 step of ``score - offset`` may
+        become equal). A difference beyond the float32 range (3.4e38) becomes +-inf; +-inf stay.
+    """
+    if not offset:
+        return x
+    if scores.dtype == torch.float64:
+        return (scores - offset).to(torch.float32)
+    return x - offset
+
+
 def _span_counts(index: torch.Tensor, keep: torch.Tensor | None) -> tuple[int, torch.Tensor] | None:
     """Histogram of `_score_index` keys over the span of bins they touch.
 
@@ -276,21 +347,49 @@ class AnomalyMetric:
 
     Positives are anomaly pixels; a higher score means "more anomalous".
 
-    Method (exact-rank histograms): every score is cast to float32 and mapped to an integer
-    with the same order as the floats (see `_score_bins`); its top ``bits`` bits index two
-    int64 histograms of ``2**bits`` bins, one for anomaly and one for inlier pixels, filled by
-    one ``torch.bincount`` per update. Memory is ``2 * 2**bits * 8`` bytes (16 MiB at the
-    default ``bits=20``) however many pixels are streamed.
+    Method (order-preserving histograms, an approximation): each score is shifted by an ``offset``
+    (below) and cast to float32, and ``d = score - offset`` is mapped to an integer with the same
+    order as the floats (see `_score_bins`); its top ``bits`` bits index two int64 histograms of
+    ``2**bits`` bins, one for anomaly and one for inlier pixels, filled by one ``torch.bincount``
+    per update. Memory is ``2 * 2**bits * 8`` bytes (16 MiB at the default ``bits=20``) however
+    many pixels are streamed.
 
-    The only approximation: scores in the same bin are tied (one threshold). Bins never
-    straddle a power of two, and each binade ``[2**e, 2**(e+1))`` (likewise for negatives) holds
-    ``2**(bits - 9)`` equal bins (1 sign + 8 exponent bits come first), so tied scores differ by
-    less than ``2**-(bits - 9)`` relative (4.9e-4 at ``bits=20``) and scores that differ by more
-    are never tied. E.g. at ``bits=20``, 0.75 and 0.75 + 1e-7 are tied (that bin spans
-    [0.75, 0.75 + 2.4e-4)) while 0.75 and 0.751 are not, nor are 0.9999999 and 1.0 (another
-    binade). Inputs of other float dtypes are first rounded to float32. If scores that matter
-    differ by less, pass them through a strictly increasing transform that spreads them (the
-    metrics depend only on the order), e.g. ``-log(1 - p)`` for probabilities near 1.
+    The approximation: scores in the same bin are tied (one threshold). Bins never straddle a
+    power of two of ``|d|``, and each binade ``[2**e, 2**(e+1))`` of ``|d|`` (likewise for
+    negative ``d``) holds ``2**(bits - 9)`` equal bins (1 sign + 8 exponent bits come first), so
+    tied scores differ by less than ``2**-(bits - 9) * |d|`` (4.9e-4 |d| at ``bits=20``) and
+    scores that differ by more are never tied. The resolution is relative to the distance from
+    the offset, not to the scores' magnitude. E.g. at ``bits=20`` with offset 0, 0.75 and
+    0.75 + 1e-7 are tied (that bin spans [0.75, 0.75 + 2.4e-4)) while 0.75 and 0.751 are not, nor
+    are 0.9999999 and 1.0 (another binade). Inputs of other float dtypes are rounded to float32
+    after the shift (float64 is shifted first). If scores that matter differ by less, pass them
+    through a strictly increasing transform that spreads them (the metrics depend only on the
+    order), e.g. ``-log(1 - p)`` for probabilities near 1.
+
+    Bound: pixels in different bins keep their order, so |AUROC - exact| is at most half the
+    share of (anomaly, inlier) pairs that share a bin with different scores. AUPR and FPR95 have
+    no such closed form; tests/test_metrics.py checks all three within 1e-3 of the exact values
+    (scikit-learn, the official FPR95) for continuous, heavily tied, huge (1e30) and large-offset
+    (``1e4 * z - 5e5``) scores. ``exact_rank_metrics`` sorts the scores when that is not enough.
+
+    Offset: a strictly increasing shift changes no rank metric, and without one the bins of
+    scores like the energies of a distance head (about -5e5 with a spread of 1e4) would be 244
+    wide, 0.02 of the spread. By default the offset is fixed by the first update with a finite
+    counted score, from (at most about 2**16 evenly strided of) those scores: their median ``m``
+    when ``|m|`` exceeds 4 median absolute deviations (the scores crowd far from 0), else 0.0,
+    which keeps the resolution relative to ``|score|`` that scores around 0 or spanning decades
+    need. Until then only +-inf can have been counted, and their bins do not depend on the
+    offset. ``offset=x`` fixes it in advance (rounded to float32; ``0.0`` bins the plain float32
+    scores). Scores further than 3.4e38 from the offset are counted as +-inf. ``reset`` forgets a
+    chosen offset, not a given one.
+
+    Merging: ``merge`` and an all-reduce of ``state_tensors`` need histograms binned around the
+    same offset. ``merge`` adopts the other metric's offset when this one has none yet and raises
+    ``ValueError`` when both differ. ``offset_state`` holds [number of offsets, their sum, the sum
+    of their squares] so that a sum over processes keeps the offset (sum / number); ``update``,
+    ``compute`` and ``curves`` raise ``RuntimeError`` when the processes had different offsets
+    (``number * squares != sum**2``). Pass the same ``offset=`` to every process that will be
+    reduced (e.g. 0.0, or rank 0's ``metric.offset`` after its first update, broadcast).
 
     ``compute`` then walks the non-empty bins from the highest score down, one threshold per
     bin with ties grouped as in scikit-learn, and returns:
@@ -305,15 +404,31 @@ class AnomalyMetric:
     Without any anomaly pixel or any inlier pixel the three metrics are NaN, with a warning.
     Scores of any finite magnitude and +-inf are fine; NaN among counted pixels raises
     ``ValueError`` (pixels outside ``valid`` are not checked).
+
+    Args:
+        bits: ``2**bits`` bins per histogram (memory ``2**(bits + 4)`` bytes), in [1, 28].
+        offset: the shift of every score before binning (rounded to float32); None: chosen by
+            the first update with a finite counted score (the rule above).
+        device: where the state lives; None: the device of the first update's scores.
     """
 
-    def __init__(self, *, bits: int = 20, device: torch.device | str | None = None) -> None:
+    def __init__(
+        self, *, bits: int = 20, offset: float | None = None, device: torch.device | str | None = None
+    ) -> None:
         if not 1 <= int(bits) <= 28:
             raise ValueError(f"bits must be in [1, 28] (memory 2**(bits + 4) bytes), got {bits}")
+        if offset is not None and not abs(float(offset)) <= _FLOAT32_MAX:
+            raise ValueError(
+                f"offset must be a finite float32 value (|offset| <= {_FLOAT32_MAX:g}), got {offset}; "
+                "pass None to let the first update choose it"
+            )
         self.bits = int(bits)
         self._device = _as_device(device)
+        self._given_offset = None if offset is None else float(np.float32(offset)) + 0.0
         self.pos_hist = torch.zeros(1 << self.bits, dtype=torch.int64, device=self._device or "cpu")
         self.neg_hist = torch.zeros_like(self.pos_hist)
+        self.offset_state = torch.zeros(3, dtype=torch.float64, device=self.pos_hist.device)
+        self._set_offset(self._given_offset)
 
     # ------------------------------------------------------------------ state
 
@@ -323,21 +438,64 @@ class AnomalyMetric:
 
     @property
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        """The live state tensors by attribute name (anomaly and inlier histograms).
+        """The live state tensors by attribute name: the anomaly and inlier histograms (int64) and
+        ``offset_state`` (float64: [number of offsets, sum, sum of squares]).
 
-        Summing each over processes (e.g. ``dist.all_reduce`` in place) merges the states.
+        Summing each over processes (e.g. ``dist.all_reduce`` in place) merges the states, provided
+        every process binned around the same offset (checked by ``update``, ``compute``, ``curves``).
         """
-        return {"pos_hist": self.pos_hist, "neg_hist": self.neg_hist}
+        return {"pos_hist": self.pos_hist, "neg_hist": self.neg_hist, "offset_state": self.offset_state}
+
+    @property
+    def offset(self) -> float | None:
+        """The shift applied to every score before binning; None before it is chosen.
+
+        Raises:
+            RuntimeError: the state is a sum of states binned around different offsets.
+        """
+        return self._checked_offset()
+
+    def _checked_offset(self) -> float | None:
+        n, total, squares = self.offset_state.tolist()
+        if n == 0:
+            return None
+        # Equal offsets give n * squares == total**2 up to float64 rounding; unequal ones give
+        # n**2 times their variance, far above it for offsets that differ beyond ~1e-6 relative.
+        if abs(n * squares - total * total) > 1e-12 * total * total:
+            raise RuntimeError(
+                f"this AnomalyMetric's state sums {n:g} states binned around different offsets "
+                f"(mean {total / n:g}), so its histograms do not line up; create the metric of every "
+                "process with the same offset= (e.g. 0.0, or rank 0's metric.offset broadcast)"
+            )
+        return float(np.float32(total / n)) + 0.0
+
+    def _set_offset(self, offset: float | None) -> None:
+        values = [0.0, 0.0, 0.0] if offset is None else [1.0, offset, offset * offset]
+        self.offset_state.copy_(torch.tensor(values, dtype=torch.float64))
 
     def reset(self) -> None:
-        """Forget every counted pixel (the state stays on its device)."""
+        """Forget every counted pixel and a chosen offset (the state stays on its device)."""
         self.pos_hist.zero_()
         self.neg_hist.zero_()
+        self._set_offset(self._given_offset)
 
     def merge(self, other: AnomalyMetric) -> AnomalyMetric:
-        """Add another metric's histograms into this one (same ``bits``); returns self."""
+        """Add another metric's histograms into this one (same ``bits`` and offset); returns self.
+
+        Raises:
+            ValueError: ``other`` is not an AnomalyMetric of the same ``bits``, or both metrics
+                have an offset and they differ.
+        """
         if not isinstance(other, AnomalyMetric) or other.bits != self.bits:
             raise ValueError("can only merge an AnomalyMetric with the same bits")
+        mine, theirs = self.offset, other.offset
+        if mine is not None and theirs is not None and mine != theirs:
+            raise ValueError(
+                f"cannot merge AnomalyMetrics binned around different offsets ({mine!r} and {theirs!r}); "
+                "create both with the same offset= (e.g. AnomalyMetric(offset=0.0))"
+            )
+        if mine is None and theirs is not None:
+            self._set_offset(theirs)
         self.pos_hist += other.pos_hist.to(self.device)
         self.neg_hist += other.neg_hist.to(self.device)
         return self
@@ -348,6 +506,7 @@ class AnomalyMetric:
             if self.pos_hist.device != device:
                 self.pos_hist = self.pos_hist.to(device)
                 self.neg_hist = self.neg_hist.to(device)
+                self.offset_state = self.offset_state.to(device)
         return self.pos_hist.device
 
     # ------------------------------------------------------------------ update
@@ -373,12 +532,13 @@ class AnomalyMetric:
         device = self._place(scores.device)
         if scores.numel() == 0:
             return
-        x = scores.detach().to(device=device, dtype=torch.float32)
+        raw = scores.detach().reshape(-1).to(device)
+        x = raw.to(torch.float32)
         label = is_anomaly.detach().reshape(-1).to(device)
         label = label.to(torch.int32) if label.dtype == torch.bool else (label != 0).to(torch.int32)
         keep = None if valid is None else valid.detach().reshape(-1).to(device=device, dtype=torch.bool)
         # A finite sum proves there is no NaN (one reduction, no mask); otherwise look closer.
-        nan = None if bool(torch.isfinite(x.sum())) else torch.isnan(x.reshape(-1))
+        nan = None if bool(torch.isfinite(x.sum())) else torch.isnan(x)
         if nan is not None and keep is not None:
             nan &= keep  # NaN is allowed where the pixel is not counted
         if nan is not None and bool(nan.any()):
@@ -386,8 +546,13 @@ class AnomalyMetric:
                 f"anomaly scores contain {int(nan.sum())} NaN value(s) among the counted pixels; "
                 "NaN has no rank (check the score computation for 0/0 or inf - inf)"
             )
+        offset = self._checked_offset()
+        if offset is None:
+            offset = _choose_offset(x, keep)
+            self._set_offset(offset)
         n_bins = 1 << self.bits
-        index = _score_index(x, label, self.bits)  # bin * 2 + (1 if anomaly)
+        # The one shifted float32 copy feeds both paths below, so CPU and GPU states are identical.
+        index = _score_index(_shifted(raw, x, offset), label, self.bits)  # bin * 2 + (1 if anomaly)
         if index.device.type == "cpu":
             self._add_span(index, keep)
             return
@@ -420,7 +585,12 @@ class AnomalyMetric:
         return bins, np.cumsum(pos[bins]), np.cumsum(neg[bins])
 
     def compute(self) -> dict:
-        """``{"AUPR", "AUROC", "FPR95"}`` as floats in [0, 1], ``"protocol": "pooled"``, ``n_pos``, ``n_neg``."""
+        """``{"AUPR", "AUROC", "FPR95"}`` as floats in [0, 1], ``"protocol": "pooled"``, ``n_pos``, ``n_neg``.
+
+        Raises:
+            RuntimeError: the state sums states binned around different offsets (see ``offset``).
+        """
+        self._checked_offset()  # histograms summed across different offsets mean nothing
         _, tps, fps = self._cumulative()
         n_pos = int(tps[-1]) if tps.size else 0
         n_neg = int(fps[-1]) if fps.size else 0
@@ -442,14 +612,20 @@ class AnomalyMetric:
 
         Returns numpy arrays ordered from the highest threshold down:
 
-        * ``thresholds`` (float64): the smallest float32 of each bin (a pixel is "above" the
-          threshold when its score falls in this bin or a higher one); ``tps``, ``fps`` (int64).
+        * ``thresholds`` (float64, in score units): the smallest float32 ``score - offset`` of each
+          bin plus the offset (a pixel is "above" the threshold when its score falls in this bin
+          or a higher one, which up to the float32 rounding of ``score - offset`` means
+          ``score >= threshold``); ``tps``, ``fps`` (int64).
         * ``precision``, ``recall``: one per threshold (recall increasing); like scikit-learn's
           curve without its appended (recall 0, precision 1) end point.
         * ``fpr``, ``tpr``: with (0, 0) prepended, so ``np.trapezoid(tpr, fpr) == AUROC``.
 
         Empty arrays when nothing was counted; NaN recall/TPR (FPR) without positives (negatives).
+
+        Raises:
+            RuntimeError: the state sums states binned around different offsets (see ``offset``).
         """
+        offset = self._checked_offset() or 0.0
         bins, tps, fps = self._cumulative()
         tps_f, fps_f = tps.astype(np.float64), fps.astype(np.float64)
         n_pos = tps_f[-1] if tps.size else 0.0
@@ -459,7 +635,7 @@ class AnomalyMetric:
             fpr = fps_f / n_neg
             precision = tps_f / (tps_f + fps_f)
         return {
-            "thresholds": _bin_lower_edges(bins, self.bits),
+            "thresholds": _bin_lower_edges(bins, self.bits) + offset,
             "tps": tps,
             "fps": fps,
             "precision": precision,
@@ -469,16 +645,19 @@ class AnomalyMetric:
         }
 
     def __repr__(self) -> str:
-        return f"AnomalyMetric(bits={self.bits}, device={self.device})"
+        return f"AnomalyMetric(bits={self.bits}, offset={self.offset}, device={self.device})"
 
 
 class PerImageAnomalyMetric:
     """AUPR, AUROC and FPR95 per image, averaged over images (the official anomaly-seg protocol).
 
-    Each image's metrics come from its counted pixels, by default from the same order-preserving
-    bins as `AnomalyMetric` (``bits``; scores closer than ``2**-(bits - 9)`` relative are tied,
-    the only approximation), counted with one sort of the integer bin keys - several times faster
-    than sorting the float scores; ``exact=True`` sorts the scores (`exact_rank_metrics`).
+    Each image's metrics come from its counted pixels, by default approximated from the same
+    order-preserving bins as `AnomalyMetric` (``bits``), counted with one sort of the integer bin
+    keys. Each image is binned around its own offset, chosen from its finite counted scores by
+    `AnomalyMetric`'s rule (nothing but the metrics is summed across images), so the only
+    approximation is that scores closer than ``2**-(bits - 9) * |score - offset|`` are tied
+    (`AnomalyMetric` states the bound; tests/test_metrics.py checks 1e-3).
+    ``exact=True`` sorts the float32 scores instead (`exact_rank_metrics`).
     Images without an anomaly pixel or without an inlier pixel are skipped, as in the official
     code, and counted in ``n_skipped``. The state is five numbers (three sums, two counts) in one
     float64 tensor, whatever the number of images, so ``all_reduce`` merges processes.
@@ -525,10 +704,11 @@ class PerImageAnomalyMetric:
         # device (the state may live on a GPU, the per-image metrics are computed on the host).
         sums = [0.0] * 5  # AUPR, AUROC, FPR95, images averaged, images skipped
         for i in range(scores.shape[0]):
-            s = scores[i].detach().reshape(-1).float()
+            raw = scores[i].detach().reshape(-1)
+            s = raw.float()
             y = is_anomaly[i].detach().reshape(-1).to(s.device).bool()
             keep = None if valid is None else valid[i].detach().reshape(-1).to(s.device).bool()
-            m = self._exact(s, y, keep) if self.exact else self._binned(s, y, keep)
+            m = self._exact(s, y, keep) if self.exact else self._binned(raw, s, y, keep)
             if m is None:
                 sums[4] += 1.0
                 continue
@@ -554,9 +734,12 @@ class PerImageAnomalyMetric:
         self._check_nan(s, None)
         return exact_rank_metrics(s.cpu().numpy(), y.cpu().numpy())
 
-    def _binned(self, s: torch.Tensor, y: torch.Tensor, keep: torch.Tensor | None) -> dict | None:
+    def _binned(
+        self, raw: torch.Tensor, s: torch.Tensor, y: torch.Tensor, keep: torch.Tensor | None
+    ) -> dict | None:
         self._check_nan(s, keep)
-        index = _score_index(s, y.to(torch.int32), self.bits)  # bin * 2 + label
+        shifted = _shifted(raw, s, _choose_offset(s, keep))  # bins resolve the image's spread, not its level
+        index = _score_index(shifted, y.to(torch.int32), self.bits)  # bin * 2 + label
         if keep is not None:
             index = index[keep]
         # One sort of the int32 keys (a radix sort: far cheaper than sorting the floats); the

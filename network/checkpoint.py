@@ -161,6 +161,8 @@ def load_pretrained(
     Raises:
         CheckpointMismatchError: keys outside the head are missing from the checkpoint, unexpected, or
             differently shaped; the message names a few of them.
+        RuntimeError: ``model.load_state_dict`` left out or refused keys that ``model.state_dict()``
+            lists (the model's two methods disagree; the checkpoint is not at fault).
     """
     state = read_state_dict(checkpoint, weights_only=weights_only)
     own = model.state_dict()
@@ -212,9 +214,22 @@ def load_pretrained(
     if head_loaded:
         to_load.update(head_ckpt)
     result = model.load_state_dict(to_load, strict=False)
-    # Only the head (when skipped) and absent batch counters may be left out; nothing may be unexpected.
+    # The keys were checked against model.state_dict(), so only the head (when skipped) and absent
+    # batch counters can be left out - unless load_state_dict disagrees with state_dict (a custom
+    # _load_from_state_dict or load hook). That is not the checkpoint's fault: say so, not "retry".
     allowed_missing = set(batch_counters) | (set() if head_loaded else set(head_own))
-    assert not result.unexpected_keys and set(result.missing_keys) <= allowed_missing, result
+    not_loaded = [k for k in result.missing_keys if k not in allowed_missing]
+    if result.unexpected_keys or not_loaded:
+        problems = [f"left out {_few(not_loaded)}"] if not_loaded else []
+        if result.unexpected_keys:
+            problems.append(f"called unexpected {_few(list(result.unexpected_keys))}")
+        raise RuntimeError(
+            f"{type(model).__name__}.load_state_dict did not take the keys its state_dict() lists: "
+            + "; ".join(problems)
+            + ". The model's state_dict() and load_state_dict() disagree (a custom "
+            "_load_from_state_dict or load_state_dict hook?); make them agree. The model may now be "
+            "partly loaded: rebuild it before using it."
+        )
     return LoadReport(
         loaded=list(to_load),
         skipped=[] if head_loaded else list(head_ckpt),

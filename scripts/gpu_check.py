@@ -268,18 +268,27 @@ def check_pooled(ctx: Context) -> str:
     from lib.metrics import AnomalyMetric
 
     s, y, v = score_maps(metric_shape(ctx))
-    cpu, dev = AnomalyMetric(device="cpu"), AnomalyMetric(device=ctx.device)
-    for i in range(s.shape[0]):  # one update per image, as the test loop streams batches
-        cpu.update(s[i : i + 1], y[i : i + 1], v[i : i + 1])
-        dev.update(*on_device(ctx, s[i : i + 1], y[i : i + 1], v[i : i + 1]))
-    assert dev.pos_hist.device.type == ctx.device.type, f"state on {dev.pos_hist.device}"
-    assert torch.equal(dev.pos_hist.cpu(), cpu.pos_hist), "anomaly histograms differ"
-    assert torch.equal(dev.neg_hist.cpu(), cpu.neg_hist), "inlier histograms differ"
-    ref, got = cpu.compute(), dev.compute()
-    diff, key = max_diff(ref, got, ["AUPR", "AUROC", "FPR95"])
-    assert diff <= METRIC_TOL, f"{key}: cpu {ref[key]} vs {ctx.device} {got[key]}"
-    return (f"{got['n_pos'] + got['n_neg']} px, histograms identical, max |diff| {diff:.1e} "
-            f"(tol {METRIC_TOL:g}); AUROC {100 * got['AUROC']:.2f}")  # fmt: skip
+    details = []
+    # As they are, and with a large shared offset (the binning then shifts the scores first).
+    for name, scores in (("centred", s), ("offset", 1e4 * s - 5e5)):
+        cpu, dev = AnomalyMetric(device="cpu"), AnomalyMetric(device=ctx.device)
+        for i in range(scores.shape[0]):  # one update per image, as the test loop streams batches
+            cpu.update(scores[i : i + 1], y[i : i + 1], v[i : i + 1])
+            dev.update(*on_device(ctx, scores[i : i + 1], y[i : i + 1], v[i : i + 1]))
+        assert dev.pos_hist.device.type == ctx.device.type, f"state on {dev.pos_hist.device}"
+        assert cpu.offset == dev.offset, (
+            f"{name}: offsets differ: cpu {cpu.offset}, {ctx.device} {dev.offset}"
+        )
+        assert torch.equal(dev.pos_hist.cpu(), cpu.pos_hist), f"{name}: anomaly histograms differ"
+        assert torch.equal(dev.neg_hist.cpu(), cpu.neg_hist), f"{name}: inlier histograms differ"
+        ref, got = cpu.compute(), dev.compute()
+        diff, key = max_diff(ref, got, ["AUPR", "AUROC", "FPR95"])
+        assert diff <= METRIC_TOL, f"{name} {key}: cpu {ref[key]} vs {ctx.device} {got[key]}"
+        details.append(
+            f"{name} (offset {dev.offset:g}) max |diff| {diff:.1e}, AUROC {100 * got['AUROC']:.2f}"
+        )
+    n = got["n_pos"] + got["n_neg"]
+    return f"{n} px, histograms identical (tol {METRIC_TOL:g}): " + "; ".join(details)
 
 
 def check_per_image(ctx: Context, *, exact: bool) -> str:

@@ -36,6 +36,38 @@ def test_focal_hand_computed():
     assert focal_loss(logits, target, gamma=2).item() == pytest.approx(0.25 * math.log(2))
 
 
+def _focal_by_hand(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, gamma: float) -> float:
+    """FL = sum over labelled pixels of -w_y (1 - p_y)^gamma log p_y / sum of w_y, one pixel at a
+    time in float64 Python (labels 255 or outside the classes are not labelled)."""
+    z, w = logits.double().numpy(), weight.double().numpy()
+    numerator = denominator = 0.0
+    for b in range(z.shape[0]):
+        for i in range(z.shape[2]):
+            for j in range(z.shape[3]):
+                y = int(target[b, i, j])
+                if not 0 <= y < z.shape[1]:
+                    continue
+                v = z[b, :, i, j]
+                top = max(v)
+                p_y = math.exp(v[y] - top) / sum(math.exp(x - top) for x in v)
+                numerator += -w[y] * (1.0 - p_y) ** gamma * math.log(p_y)
+                denominator += w[y]
+    return numerator / denominator
+
+
+@pytest.mark.parametrize("gamma", [2.0, 0.5])
+def test_weighted_focal_matches_a_per_pixel_loop(gamma):
+    logits, target = _random(4)  # 3 pixels labelled 255
+    target[1, 2, 3] = 7  # outside the 5 classes (like the anomaly id): not labelled either
+    weight = torch.tensor([0.5, 2.0, 1.0, 3.0, 0.1])
+    expected = _focal_by_hand(logits, target, weight, gamma)
+    got = focal_loss(logits, target, gamma=gamma, weight=weight).item()
+    assert got == pytest.approx(expected, rel=1e-5)
+    # The weights matter here (so the check can catch a loss that drops or mis-normalises them).
+    unweighted = _focal_by_hand(logits, target, torch.ones(5), gamma)
+    assert abs(expected - unweighted) > 0.05 * unweighted
+
+
 def test_focal_down_weights_easy_pixels():
     logits = torch.tensor([[10.0, 0.0], [0.0, 0.0]]).T.reshape(1, 2, 1, 2)  # pixel 0 easy, pixel 1 hard
     target = torch.zeros(1, 1, 2, dtype=torch.long)
@@ -99,5 +131,7 @@ def test_true_class_rows_entropy_is_the_reference_codes_term():
     loss = SegmentationLoss("ce+h", entropy_weight=0.5, entropy_term="true-class-rows")
     ce = F.cross_entropy(logits, target, ignore_index=255)
     assert loss(logits, target).item() == pytest.approx(ce.item() + 0.5 * expected, rel=1e-6)
-    with pytest.raises(ValueError, match="unknown entropy_term 'rows'; choose one of: softmax, true-class-rows"):
+    with pytest.raises(
+        ValueError, match="unknown entropy_term 'rows'; choose one of: softmax, true-class-rows"
+    ):
         SegmentationLoss("fl+h", entropy_term="rows")

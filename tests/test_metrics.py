@@ -196,11 +196,11 @@ def test_anomaly_huge_magnitudes_infinities_and_signed_zero():
 def test_anomaly_near_tied_scores_documented_behaviour():
     rng = np.random.default_rng(5)
     y = rng.random(10_000) < 0.1
-    # 0.75 + k * 1e-7 are distinct float32 values, but all fall in the bin [0.75, 0.75 + 2.4e-4)
-    # at bits=20: the metric sees a single threshold, exactly as if every score were 0.75.
+    # 0.75 + k * 1e-7 are distinct float32 values, but without an offset they all fall in the bin
+    # [0.75, 0.75 + 2.4e-4) at bits=20: the metric sees a single threshold, as if every score were 0.75.
     close = (0.75 + 1e-7 * rng.integers(0, 10, y.size) + 1e-6 * y).astype(np.float32)
     assert np.unique(close).size > 10
-    metric = streamed(close, y)
+    metric = streamed(close, y, offset=0.0)
     assert metric.curves()["tps"].size == 1
     out = metric.compute()
     assert_matches(out, reference(y, np.full(y.size, 0.75)), atol=1e-12)
@@ -208,11 +208,151 @@ def test_anomaly_near_tied_scores_documented_behaviour():
     assert out["AUPR"] == pytest.approx(y.mean())
     # Separated by 1e-3 (> 2.4e-4 bins), the same layout is resolved exactly.
     apart = (0.75 + 1e-3 * rng.integers(0, 10, y.size) + 1e-2 * y).astype(np.float32)
-    assert_matches(streamed(apart, y).compute(), reference(y, apart), atol=1e-12)
+    assert_matches(streamed(apart, y, offset=0.0).compute(), reference(y, apart), atol=1e-12)
+    # By default the scores crowd around 0.75 (spread 3e-6): it becomes the offset, and 0.75 + k * 1e-7
+    # minus 0.75 are 1e-7 apart in bins ~1e-10 wide, so every distinct score is its own threshold.
+    metric = streamed(close, y)
+    assert metric.offset == pytest.approx(0.75, abs=1e-5)
+    assert metric.curves()["tps"].size == np.unique(close).size
+    assert_matches(metric.compute(), reference(y, close), atol=1e-12)
+
+
+# ------------------------------------------------------------------ binning offset
+
+KINDS = ["ordinary", "tied", "huge", "large_offset"]
+
+
+def scores_of_kind(kind: str, z: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """float32 scores, anomalies (y) one unit of z higher: ordinary, tied (steps of 0.5), huge (both
+    signs, magnitudes spread over 1e-30 .. 1e30) or around a large offset (as a distance head's
+    energy: 1e4 * (z + y) - 5e5, where float32 bins without an offset are 244 wide)."""
+    s = z + y
+    if kind == "tied":
+        s = np.round(2 * s) / 2
+    elif kind == "huge":
+        s = s * 10.0 ** rng.uniform(-30, 30, s.shape)
+    elif kind == "large_offset":
+        s = 1e4 * s - 5e5
+    return s.astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_anomaly_within_bound_of_exact(kind):
+    """Pooled, default bits and offset, 4 updates: within 1e-3 of scikit-learn and the official FPR95.
+    (Binning the raw float32 large-offset scores gave AUPR -1.1e-3 and FPR95 +1.7e-3 here.)"""
+    rng = np.random.default_rng(1)
+    y = rng.random(50_000) < 0.2
+    s = scores_of_kind(kind, rng.normal(size=y.size), y, rng)
+    metric = streamed(s, y, chunks=4)
+    assert_matches(metric.compute(), reference(y, s), atol=1e-3)
+    # The offset is the first update's median only where the scores crowd far from 0.
+    assert (metric.offset != 0.0) == (kind == "large_offset")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_per_image_binned_within_bound_of_exact(kind):
+    """Per image, default (binned, each image around its own offset) vs exact=True: within 1e-3.
+    (Binning the raw float32 large-offset scores gave FPR95 -2.0e-3 and AUPR -8.0e-4 here.)"""
+    rng = np.random.default_rng(0)
+    shape = (3, 100, 200)
+    y = rng.random(shape) < 0.1
+    s = torch.from_numpy(scores_of_kind(kind, rng.normal(size=shape), y, rng))
+    y, valid = torch.from_numpy(y), torch.from_numpy(rng.random(shape) < 0.9)
+    binned, exact = PerImageAnomalyMetric(), PerImageAnomalyMetric(exact=True)
+    binned.update(s, y, valid)
+    exact.update(s, y, valid)
+    b, e = binned.compute(), exact.compute()
+    assert b["n_images"] == e["n_images"] == 3
+    assert_matches(b, e, atol=1e-3)
+
+
+def test_anomaly_float64_scores_are_shifted_before_the_float32_cast():
+    # 5e5 + 0.01 k: distinct in float64; float32 steps at 5e5 are 0.03 (3 values each) and raw bins 244.
+    # Shifted in float64 by the offset (~5e5 + 5), they are 0.01 apart in bins under 4e-3 wide.
+    rng = np.random.default_rng(7)
+    k = rng.integers(0, 1000, 20_000)
+    y = rng.random(k.size) < 0.05 + 0.3 * (k / 1000)
+    s = 5e5 + 0.01 * k
+    metric = streamed(s, y, chunks=2)
+    assert metric.offset == pytest.approx(5e5 + 5, abs=1)
+    assert metric.curves()["tps"].size == np.unique(k).size
+    assert_matches(metric.compute(), reference(y, s), atol=1e-12)
+
+
+def test_anomaly_curve_thresholds_are_in_score_units_with_an_offset():
+    rng = np.random.default_rng(9)
+    y = rng.random(30_000) < 0.1
+    s = scores_of_kind("large_offset", rng.normal(size=y.size), y, rng)
+    metric = streamed(s, y)
+    curves = metric.curves()
+    thresholds = curves["thresholds"]
+    assert np.all(np.diff(thresholds) < 0)
+    # The lowest bin holds the lowest score, less than a bin (2**-11 of its distance to the offset) above.
+    assert 0 <= s.min() - thresholds[-1] < 2**-11 * abs(s.min() - metric.offset)
+    # s - offset is exact in float32 here (both near 5e5, 0.03 steps), so the counts are exact too.
+    for i in range(0, thresholds.size, max(1, thresholds.size // 7)):
+        assert curves["tps"][i] + curves["fps"][i] == np.sum(s >= thresholds[i])
+
+
+def test_anomaly_merge_and_all_reduce_refuse_different_offsets():
+    rng = np.random.default_rng(8)
+    y = rng.random(20_000) < 0.2
+    s = scores_of_kind("large_offset", rng.normal(size=y.size), y, rng)
+    half = y.size // 2
+    a, b = streamed(s[:half], y[:half]), streamed(s[half:], y[half:])  # each picks its own median
+    assert a.offset != b.offset
+    with pytest.raises(ValueError, match=r"different offsets .* same offset="):
+        a.merge(b)
+    summed = AnomalyMetric()  # what an all-reduce of the two processes' states gives
+    for part in (a, b):
+        for name, tensor in summed.state_tensors.items():
+            tensor += part.state_tensors[name]
+    with pytest.raises(RuntimeError, match=r"different offsets .* same offset="):
+        summed.compute()
+    with pytest.raises(RuntimeError, match="different offsets"):
+        summed.update(torch.zeros(1), torch.zeros(1, dtype=torch.bool))
+    # One offset given to every part: merging and summing both give the one-shot state.
+    one = streamed(s, y, offset=-5e5)
+    parts = [streamed(s[:half], y[:half], offset=-5e5), streamed(s[half:], y[half:], offset=-5e5)]
+    merged = AnomalyMetric().merge(parts[0]).merge(parts[1])  # the empty metric adopts the offset
+    summed = AnomalyMetric()
+    for part in parts:
+        for name, tensor in summed.state_tensors.items():
+            tensor += part.state_tensors[name]
+    for metric in (merged, summed):
+        assert metric.offset == -5e5
+        assert torch.equal(metric.pos_hist, one.pos_hist) and torch.equal(metric.neg_hist, one.neg_hist)
+        assert metric.compute() == one.compute()
+
+
+def test_anomaly_offset_reset_repr_and_validation():
+    metric = AnomalyMetric(bits=12)
+    assert metric.offset is None
+    metric.update(torch.tensor([float("inf"), -float("inf")]), torch.tensor([True, False]))
+    assert metric.offset is None  # infinities fall in the same bins whatever the offset
+    metric.update(torch.tensor([-5e5, -5e5 + 1, -5e5 + 2]), torch.tensor([False, True, True]))
+    assert metric.offset == -5e5 + 1 and "offset=-499999.0" in repr(metric)
+    metric.reset()
+    assert metric.offset is None and metric.pos_hist.sum() == 0
+    # The offset comes from a strided sample of the pixels; one that misses every counted finite score
+    # falls back to all of them (else that pixel would be binned before the offset is fixed).
+    scores, valid = torch.zeros(300_001), torch.zeros(300_001, dtype=torch.bool)
+    scores[1], valid[1] = -5e5, True
+    metric.update(scores, torch.zeros_like(valid), valid)
+    assert metric.offset == -5e5
+    metric.reset()
+    given = AnomalyMetric(bits=12, offset=0.1)
+    assert given.offset == float(np.float32(0.1))  # rounded to float32
+    given.update(torch.tensor([3.0, 4.0]), torch.tensor([False, True]))
+    given.reset()
+    assert given.offset == float(np.float32(0.1))  # a given offset survives reset
+    for bad in (float("inf"), float("nan"), 1e39):
+        with pytest.raises(ValueError, match="offset must be a finite float32"):
+            AnomalyMetric(offset=bad)
 
 
 def test_anomaly_chunked_equals_one_shot_and_merge(continuous):
-    s, y = continuous
+    s, y = continuous  # centred near 0: every part chooses offset 0, so the states can be summed
     one = streamed(s, y, chunks=1)
     many = streamed(s, y, chunks=13)
     for name, tensor in one.state_tensors.items():
@@ -276,7 +416,7 @@ def test_anomaly_state_size_constant():
         return sum(t.numel() * t.element_size() for t in metric.state_tensors.values())
 
     before = state_bytes()
-    assert before == 2 * 2**16 * 8
+    assert before == 2 * 2**16 * 8 + 3 * 8  # two int64 histograms, the float64 offset_state
     g = torch.Generator().manual_seed(6)
     for _ in range(50):
         metric.update(torch.randn(10_000, generator=g), torch.rand(10_000, generator=g) < 0.1)
@@ -335,6 +475,15 @@ def test_state_stays_on_input_device(continuous):
     fixed = AnomalyMetric(device="cpu")
     fixed.update(torch.from_numpy(s).cuda(), torch.from_numpy(y).cuda())
     assert not fixed.pos_hist.is_cuda and fixed.compute() == cpu.compute()
+    # Around an offset (float32, and float64 shifted before its cast): the GPU's full bincount and the
+    # CPU's span path bin the same shifted scores.
+    rng = np.random.default_rng(10)
+    for big in (scores_of_kind("large_offset", s, y, rng), 5e5 + 0.01 * rng.integers(0, 1000, s.size)):
+        cpu, gpu = streamed(big, y, chunks=3), AnomalyMetric()
+        for chunk in np.array_split(np.arange(s.size), 3):
+            gpu.update(torch.from_numpy(big[chunk]).cuda(), torch.from_numpy(y[chunk]).cuda())
+        assert gpu.offset == cpu.offset != 0.0 and gpu.offset_state.is_cuda
+        assert torch.equal(gpu.pos_hist.cpu(), cpu.pos_hist) and torch.equal(gpu.neg_hist.cpu(), cpu.neg_hist)
 
 
 def _images(n=5, h=12, w=16, seed=3):

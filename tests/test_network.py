@@ -4,6 +4,9 @@ compatibility, checkpoint and ImageNet loading, heads (incl. AbeT extras), error
 from __future__ import annotations
 
 import functools
+import importlib.util
+import shutil
+import sys
 import zipfile
 from pathlib import Path
 
@@ -35,21 +38,30 @@ from network import (
     valid_output_strides,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
-FIXTURE_NAME = {"mobilenet_v2": "mobilenet", "resnet50": "resnet50", "resnet101": "resnet101"}
 HEAD_KEY = "classifier.classifier.3"
 DEEPLAB_BACKBONES = ARCHS["deeplabv3plus"]
 HEAVY_BACKBONES = ("resnet50", "resnet101")  # run in eval mode on one image to keep the suite fast
 
 
+def load_make_golden():
+    """scripts/make_golden.py as a module: the recipe of GOLDEN and the reader of the key lists."""
+    spec = importlib.util.spec_from_file_location(
+        "make_golden_under_test", ROOT / "scripts" / "make_golden.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+make_golden = load_make_golden()
+
+
 def fixture_keys(backbone: str) -> list[tuple[str, tuple[int, ...]]]:
     """(key, shape) pairs of the VainF 19-class OS16 checkpoint, in file order ("scalar" = 0-dim)."""
-    pairs = []
-    path = FIXTURES / f"deeplabv3plus_{FIXTURE_NAME[backbone]}_os16_19classes.keys.txt"
-    for line in path.read_text().splitlines():
-        key, shape = line.split()
-        pairs.append((key, () if shape == "scalar" else tuple(int(n) for n in shape.split("x"))))
-    return pairs
+    return make_golden.read_keys(FIXTURES / make_golden.KEYS_FILES[backbone])
 
 
 @functools.cache
@@ -415,6 +427,28 @@ def test_load_wrong_backbone_raises() -> None:
         load_pretrained(model, sd)
 
 
+def test_load_raises_when_the_model_does_not_take_its_own_keys() -> None:
+    """A load hook that renames a key (as legacy-key migrations do) makes load_state_dict disagree
+    with state_dict: a RuntimeError naming both keys (it was a bare assert, gone under python -O)."""
+    torch.manual_seed(0)
+    source = build_model(arch="my_fcn", backbone="plain", num_classes=3, base_width=4)
+    model = build_model(arch="my_fcn", backbone="plain", num_classes=3, base_width=4)
+    key = next(k for k in model.state_dict() if k.endswith(".weight") and not k.startswith(model.head_key))
+
+    def rename(module, state_dict, prefix, *args) -> None:
+        if prefix + key in state_dict:
+            state_dict[prefix + key + "_legacy"] = state_dict.pop(prefix + key)
+
+    model.register_load_state_dict_pre_hook(rename)
+    with pytest.raises(RuntimeError, match=r"load_state_dict did not take the keys") as info:
+        load_pretrained(model, source.state_dict())
+    message = str(info.value)
+    assert f"left out {key}" in message and f"called unexpected {key}_legacy" in message
+    assert "make them agree" in message and not isinstance(info.value, CheckpointMismatchError)
+    # Without the hook the same call loads everything, head included.
+    assert load_pretrained(source, model.state_dict()).head_loaded
+
+
 def test_read_checkpoint_pickled_by_numpy_1(tmp_path: Path) -> None:
     """VainF's files were written with numpy 1.x, whose float64 pickles as numpy.core.multiarray.scalar."""
     new, old = tmp_path / "new.pth", tmp_path / "old.pth"
@@ -721,7 +755,9 @@ def test_unknown_names_raise(kwargs: dict[str, object], pattern: str) -> None:
 #: (arch, backbone, train mode) -> [mean, std, mean over classes at pixel (10, 20), max of class 5] of
 #: the logits of a seeded standard-head model on a seeded 64x64 input (CPU, float32; image 0 of a batch
 #: of 2 in train mode, where BatchNorm uses batch statistics and DeepLab's untrained eval-mode features
-#: would leave little more than the head's bias).
+#: would leave little more than the head's bias). Made by scripts/make_golden.py, which prints this
+#: dict to paste and checks it (--check; last checked with torch 2.14.1, CPU): the recipe is its
+#: golden_summary. Regenerate only when a model change is meant to change the outputs.
 GOLDEN = {
     ("deeplabv3plus", "mobilenet_v2", False): [0.00901528, 0.0354386, 0.00916091, -0.00541802],
     ("deeplabv3plus", "mobilenet_v2", True): [-0.116363, 0.867947, -0.00330992, 0.221129],
@@ -735,16 +771,52 @@ GOLDEN = {
 @pytest.mark.parametrize(("arch", "backbone", "train"), list(GOLDEN))
 def test_seeded_output_is_stable(arch: str, backbone: str, train: bool) -> None:
     """Seeded weights and input give the same logits as when this test was written (CPU, float32)."""
-    torch.manual_seed(0)
-    model = build_model(arch=arch, backbone=backbone, head="standard", num_classes=13).train(train)
-    x = torch.randn(2 if train else 1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        logits = model(x)
-    summary = torch.stack([logits.mean(), logits.std(), logits[0, :, 10, 20].mean(), logits[0, 5].max()])
-    golden = torch.tensor(GOLDEN[arch, backbone, train])
-    # The mean over classes at one pixel is a sum that nearly cancels: CPU kernels that add in another
-    # order (oneDNN picks them by instruction set) move it by ~1e-5 of the logits' spread.
-    torch.testing.assert_close(summary, golden, rtol=1e-3, atol=2e-5 * float(golden[1]))
+    summary = make_golden.golden_summary(arch=arch, backbone=backbone, train=train)
+    make_golden.assert_matches_golden(summary, GOLDEN[arch, backbone, train])
+
+
+def test_golden_models_are_the_scripts() -> None:
+    assert list(GOLDEN) == list(make_golden.MODELS)
+    assert make_golden.read_golden(Path(__file__)) == GOLDEN  # what --check compares with
+
+
+def test_make_golden_check_passes(capsys: pytest.CaptureFixture[str]) -> None:
+    """`scripts/make_golden.py --check` on one model (the six run above) and the three key lists."""
+    assert make_golden.main(["--check", "--models", "my_fcn/plain/eval"]) == 0
+    out = capsys.readouterr().out
+    assert "PASS golden my_fcn/plain/eval" in out and out.count("PASS keys") == 3
+    assert out.strip().endswith("all checks passed")
+
+
+def test_make_golden_check_fails_on_a_changed_value(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    changed = {**GOLDEN, ("my_fcn", "plain", False): [0.401845, *GOLDEN["my_fcn", "plain", False][1:]]}
+    golden_file = tmp_path / "test_golden.py"
+    golden_file.write_text(make_golden.golden_literal(changed) + "\n")  # the printed form reads back
+    assert make_golden.read_golden(golden_file) == changed
+    argv = ["--check", "--models", "my_fcn/plain/eval", "--golden-file", str(golden_file), "--no-keys"]
+    assert make_golden.main(argv) == 1
+    assert "FAIL golden my_fcn/plain/eval" in capsys.readouterr().out
+
+
+def test_make_golden_check_fails_on_a_changed_key_list(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A key list that lost a line: the model no longer matches it (the script never rewrites it)."""
+    fixtures = tmp_path / "fixtures"
+    shutil.copytree(FIXTURES, fixtures)
+    path = fixtures / make_golden.KEYS_FILES["mobilenet_v2"]
+    lines = path.read_text().splitlines(keepends=True)
+    removed = lines[5].split()[0]
+    path.write_text("".join(lines[:5] + lines[6:]))
+    argv = ["--check", "--models", "my_fcn/plain/eval", "--fixtures", str(fixtures)]
+    assert make_golden.main([*argv, "--reference-dir", str(FIXTURES)]) == 1  # differs from the reference
+    assert "differs from the reference copy" in capsys.readouterr().out
+    assert make_golden.main(argv) == 1
+    out = capsys.readouterr().out
+    assert "FAIL keys deeplabv3plus/mobilenet_v2" in out and f"not in the list [{removed!r}]" in out
+    assert out.count("PASS keys") == 2
 
 
 @pytest.mark.parametrize("arch", ["deeplabv3plus", "deeplabv3"])

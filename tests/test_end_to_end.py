@@ -178,7 +178,12 @@ def test_notebook_runs_top_to_bottom(tmp_path):
         assert sorted(row["run"] for row in csv.DictReader(f)) == mini_runs
     # Evaluation only (the streethazards-reference path, with run_0's best weights as the file):
     # no training, a new run folder, and run_0's numbers again.
-    execute(NOTEBOOK_WEIGHTS=str(tmp_path / "ckpts" / "runs" / "run_0" / "best.pt"))
+    # The evaluation options reach the notebook's run through OVERRIDES: component metrics here
+    # (they add columns and change none of the others).
+    overrides = json.dumps({"component_scores": ["entropy"], "protocols": ["pooled", "per-image"]})
+    execute(
+        NOTEBOOK_WEIGHTS=str(tmp_path / "ckpts" / "runs" / "run_0" / "best.pt"), NOTEBOOK_OVERRIDES=overrides
+    )
     files = sorted(p.name for p in (tmp_path / "ckpts" / "runs" / "run_1").iterdir() if p.suffix != ".png")
     assert files == ["config.json", "metrics.json"]  # no checkpoint, no history: nothing was trained
     with open(tmp_path / "ckpts" / "results.csv", newline="") as f:
@@ -188,3 +193,8 @@ def test_notebook_runs_top_to_bottom(tmp_path):
     )
     for key in ("seg/mIoU", "ood/entropy/AUPR/pooled", "ood/msp/FPR95/per-image"):
         assert float(rows[2][key]) == pytest.approx(float(rows[1][key]), abs=1e-3), key
+    assert (
+        rows[1]["ood/entropy/sIoU/components"] == ""
+        and 0 <= float(rows[2]["ood/entropy/sIoU/components"]) <= 100
+    )
+    assert rows[2]["component_scores"] == "entropy"

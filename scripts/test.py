@@ -104,8 +104,14 @@ def evaluate_checkpoint(args: argparse.Namespace) -> int:
     """Rebuild the checkpoint's model and config, evaluate it, print and record the results."""
     from lib.cli import UsageError
     from lib.config import config_with_overrides, given_fields
-    from lib.data import make_loader
-    from lib.experiment import evaluate_model, make_datasets, make_model, prepare_data, results_row
+    from lib.experiment import (
+        evaluate_model,
+        make_datasets,
+        make_loaders,
+        make_model,
+        prepare_data,
+        results_row,
+    )
     from lib.test import results_table
     from lib.train import load_checkpoint
     from lib.utils import append_csv_row, atomic_write_bytes, pick_device, seed_everything
@@ -126,11 +132,8 @@ def evaluate_checkpoint(args: argparse.Namespace) -> int:
     print(f"checkpoint {path} (epoch {checkpoint['epoch']}):\n{cfg.to_json()}")
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
-    prepare_data(cfg)
-    test_set = make_datasets(cfg).test
-    loader = make_loader(
-        test_set, batch_size=cfg.eval_batch_size, shuffle=False, num_workers=cfg.num_workers, seed=cfg.seed
-    )
+    prepare_data(cfg, splits=("test",))  # evaluation reads (and checks) the test split alone
+    loader = make_loaders(cfg, make_datasets(cfg, splits=("test",)))["test"]
     model = make_model(cfg, initial_weights=False)
     model.load_state_dict(checkpoint["model"])
     result = evaluate_model(

@@ -111,7 +111,7 @@ def test_render_is_deterministic_per_seed_split_index():
 
 
 def test_worker_pool_writes_the_same_bytes(small_dataset, tmp_path, monkeypatch):
-    monkeypatch.setattr(synthetic, "_MIN_IMAGES_FOR_POOL", 1)  # use the pool even for a few images
+    monkeypatch.setattr(synthetic.writing, "_MIN_IMAGES_FOR_POOL", 1)  # use the pool even for a few images
     params = dict(SMALL, n_train=3, n_val=1, n_test=2)
     generate_streethazards(tmp_path, **params, workers=2, progress=False)
     for split, n in (("train", 3), ("val", 1), ("test", 2)):

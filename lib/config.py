@@ -10,15 +10,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lib.recipes import REFERENCE_RECIPE
+from lib.registry import TEST_SETS, TRAINING_DATASETS, parse_test_set
+
 LOSSES = ("ce", "ce+h", "fl", "fl+h")
 SCORES = ("msp", "maxlogit", "entropy", "energy")
 #: Every anomaly score `lib.scores` computes: SCORES need nothing but logits; ``sml`` needs
 #: statistics fitted on the training split, ``pans`` suits a cosine head, ``abet`` the AbeT head.
 ALL_SCORES = (*SCORES, "sml", "pans", "abet")
-DATASETS = ("synthetic", "streethazards")
-#: What the run's DeepLabv3+ takes (network.ARCHS["deeplabv3plus"] and network.HEAD_NAMES; written
+#: Training datasets and evaluation sets: the names of the dataset registry (`lib.registry`).
+DATASETS = TRAINING_DATASETS
+#: Architecture -> the backbones it takes (network.ARCHS, and network.HEAD_NAMES below; written
 #: out here so that --help needs no torch import, and tests/test_config.py checks they agree).
-BACKBONES = ("mobilenet_v2", "resnet50", "resnet101")
+ARCHS: dict[str, tuple[str, ...]] = {
+    "deeplabv3plus": ("mobilenet_v2", "resnet50", "resnet101"),
+    "deeplabv3": ("mobilenet_v2", "resnet50", "resnet101"),
+    "unet": ("resnet34", "plain"),
+    "my_fcn": ("plain",),
+}
+BACKBONES = tuple(dict.fromkeys(b for backbones in ARCHS.values() for b in backbones))
 HEADS = ("standard", "distance", "cosine", "abet")
 SCHEDULERS = ("plateau", "poly")
 #: Evaluation protocols of the anomaly metrics (`lib.test`): over every pixel at once, or per image.
@@ -43,6 +53,8 @@ RUNTIME_FIELDS = (
     "compile",
     "eval_batch_size",
     "scores",
+    "test_sets",
+    "eval_scales",
     "miou_exclude",
     "max_eval_images",
     "protocols",
@@ -66,9 +78,11 @@ class RunConfig:
 
     # Data
     dataset: str = "synthetic"
-    """'synthetic' (generated on first use under data_root) or 'streethazards' (the real one)."""
+    """Training data, a name of the dataset registry (lib.registry): synthetic (StreetHazards layout,
+    generated on first use under data_root), streethazards, cityscapes, bdd100k, or synthetic-cityscapes
+    / synthetic-bdd100k (the generated scenes written in those formats: offline stand-ins)."""
     data_root: str = "data/synthetic"
-    """Folder that holds train/ and test/ in the StreetHazards layout."""
+    """Folder of the training dataset, in its format (StreetHazards: train/ and test/)."""
     n_train: int = 240
     """Synthetic only: number of training images to generate."""
     n_val: int = 40
@@ -79,6 +93,12 @@ class RunConfig:
     """Synthetic only: (height, width) of the generated images."""
     data_seed: int = 0
     """Synthetic only: seed of the scene generator."""
+    cities: tuple[str, ...] = ()
+    """Cityscapes: keep only these city folders, as split/city (the Cityscapes seed's subset:
+    train/hamburg val/frankfurt); a split with none named keeps all its cities."""
+    unknown_as_class: bool = False
+    """BDD100K: train on its unknown label (255) as a 20th class, as the BDD100K seed did, instead of
+    ignoring it."""
     crop_size: tuple[int, int] = (128, 128)
     """Random training crop (height, width); the real dataset's seed setting is 512x512."""
     download: bool = False
@@ -90,10 +110,20 @@ class RunConfig:
     augment: bool = True
     """Random crop and horizontal flip on the training split; off: whole images, no randomness
     (for debugging, or to compare multi-GPU and single-GPU runs exactly)."""
+    scale_range: tuple[float, float] | None = None
+    """Augmentation: resize each training image by a random factor in [min, max] before the crop
+    (default: no resize)."""
+    color_jitter: float = 0.0
+    """Augmentation: brightness, contrast and saturation jitter of this strength (0: none)."""
 
     # Model
+    arch: str = "deeplabv3plus"
+    """Architecture: deeplabv3plus or deeplabv3 (backbones mobilenet_v2, resnet50, resnet101), unet
+    (resnet34: ImageNet ResNet-34 encoder, the BDD100K seed's; or plain: Ronneberger's) or my_fcn
+    (plain: the Cityscapes seed's shallow U-Net-like net)."""
     backbone: str = "mobilenet_v2"
-    """DeepLabv3+ backbone: mobilenet_v2, resnet50 or resnet101."""
+    """Backbone (encoder) of the architecture: mobilenet_v2, resnet50, resnet101 (DeepLab), resnet34 or
+    plain (U-Net, my_fcn)."""
     head: str = "distance"
     """Classifier head: standard (1x1 conv), distance (-Euclidean distance to class prototypes), cosine
     (PAnS: scaled cosine similarity) or abet (cosine logits over a learned per-pixel temperature)."""
@@ -189,6 +219,12 @@ class RunConfig:
     """Class names left out of mIoU (the seed left out 'pedestrian', absent from the test split)."""
     max_eval_images: int | None = None
     """Evaluate on the first N test images only (for smoke tests)."""
+    test_sets: tuple[str, ...] = ()
+    """Evaluation sets, each NAME or NAME=ROOT (lib.registry; default: the training dataset's own test
+    split): e.g. lostandfound roadanomaly for a Cityscapes model. The training dataset's name means its
+    own split; the metrics of every other set are named <set>/... in results.csv and metrics.json."""
+    eval_scales: tuple[float, ...] = (1.0,)
+    """Test-time resize factors whose logits are averaged (PAnS averages its score over scales)."""
     protocols: tuple[str, ...] = PROTOCOLS
     """Anomaly-metric protocols: pooled (over every test pixel at once: the reference project,
     SegmentMeIfYouCan) and/or per-image (the mean over images with anomalies: the official code)."""
@@ -219,13 +255,32 @@ class RunConfig:
         self.protocols = tuple(self.protocols)
         self.ood_ignore = tuple(self.ood_ignore)
         self.component_scores = tuple(self.component_scores)
+        self.cities = tuple(self.cities)
+        self.test_sets = tuple(self.test_sets)
+        self.eval_scales = tuple(float(s) for s in self.eval_scales)
+        self.scale_range = None if self.scale_range is None else tuple(float(s) for s in self.scale_range)
         self.window = None if self.window is None else tuple(self.window)
         self.validate()
 
     def validate(self) -> None:
         """Raise ValueError naming the field and its valid values when a setting is off."""
         _check_choice("dataset", self.dataset, DATASETS)
+        _check_choice("arch", self.arch, tuple(ARCHS))
         _check_choice("backbone", self.backbone, BACKBONES)
+        if self.backbone not in ARCHS[self.arch]:
+            raise ValueError(
+                f"arch={self.arch!r} with backbone={self.backbone!r} does not exist; {self.arch} takes "
+                f"backbone {' or '.join(ARCHS[self.arch])}"
+            )
+        if self.output_stride != 16 and self.arch not in ("deeplabv3plus", "deeplabv3"):
+            raise ValueError(
+                f"output_stride applies to the DeepLab archs only; arch={self.arch!r} has a fixed one"
+            )
+        if self.separable_conv and self.arch not in ("deeplabv3plus", "deeplabv3"):
+            raise ValueError(
+                f"separable_conv applies to the DeepLab decoders only, not to arch={self.arch!r}"
+            )
+        self._validate_data()
         _check_choice("head", self.head, HEADS)
         _check_choice("loss", self.loss, LOSSES)
         _check_choice("scheduler", self.scheduler, SCHEDULERS)
@@ -263,8 +318,33 @@ class RunConfig:
         if self.gamma_focal < 0 or self.entropy_weight < 0:
             raise ValueError("gamma_focal and entropy_weight must be >= 0")
 
+    def _validate_data(self) -> None:
+        from lib.registry import dataset_spec, resolve_test_sets
+
+        spec = dataset_spec(self.dataset)
+        if self.unknown_as_class and spec.loader != "bdd100k":
+            raise ValueError(f"unknown_as_class applies to BDD100K, not to dataset={self.dataset!r}")
+        for entry in self.cities:
+            split, sep, city = entry.partition("/")
+            if spec.loader != "cityscapes":
+                raise ValueError(f"cities applies to Cityscapes, not to dataset={self.dataset!r}")
+            if not sep or split not in ("train", "val", "test") or not city:
+                raise ValueError(f"cities entry {entry!r} must read split/city, e.g. train/hamburg")
+        for entry in self.test_sets:
+            _check_choice("test_sets", parse_test_set(entry)[0], TEST_SETS)
+        resolve_test_sets(self.dataset, self.data_root, self.test_sets)
+        if self.scale_range is not None and (
+            len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]
+        ):
+            raise ValueError(f"scale_range must be (min, max) with 0 < min <= max, got {self.scale_range}")
+        if not 0 <= self.color_jitter <= 1:
+            raise ValueError(f"color_jitter must be in [0, 1], got {self.color_jitter}")
+        if not self.eval_scales or min(self.eval_scales) <= 0:
+            raise ValueError(f"eval_scales must be positive factors, got {self.eval_scales}")
+
     def _validate_evaluation(self) -> None:
         from lib.classes import STREETHAZARDS_CLASSES
+        from lib.registry import dataset_spec
 
         if not self.protocols:
             raise ValueError(f"protocols must name at least one of: {', '.join(PROTOCOLS)}")
@@ -272,6 +352,8 @@ class RunConfig:
             _check_choice("protocols", name, PROTOCOLS)
         for name in self.ood_ignore:
             _check_choice("ood_ignore", name, STREETHAZARDS_CLASSES)
+        if self.ood_ignore and dataset_spec(self.dataset).loader != "streethazards":
+            raise ValueError(f"ood_ignore names StreetHazards classes; dataset={self.dataset!r} has none")
         for name in self.component_scores:
             if name not in self.scores:
                 raise ValueError(f"component_scores={name!r} must be among scores {list(self.scores)}")
@@ -310,78 +392,18 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{name}={value!r} is not valid; choose one of: {', '.join(choices)}")
 
 
-#: The StreetHazards reference project's model and training recipe (its notebook, as the code runs):
-#: DeepLabv3+ ResNet-101 OS16 with the distance head, fine-tuned from Cityscapes weights with Adam
-#: (backbone lr 1e-5, head lr 1e-4, weight decay 1e-4), the learning rate halved after 5 epochs
-#: without a better validation loss, 50 epochs of batch 16 on 512x512 crops + flips, focal loss
-#: (gamma 2) + 0.1 x entropy, no class weights; mIoU over 12 classes (pedestrian, absent from the
-#: test split, left out). It trained in fp32 on a 16 GB P100; ``amp="auto"`` (fp16 + GradScaler on a
-#: T4, which has no bf16) is ours, so that batch 16 fits a 16 GB Colab GPU.
-REFERENCE_RECIPE: dict[str, Any] = dict(
-    dataset="streethazards",
-    data_root="data/streethazards",
-    download=True,
-    backbone="resnet101",
-    head="distance",
-    output_stride=16,
-    pretrained_on="cityscapes",
-    loss="fl+h",
-    gamma_focal=2.0,
-    entropy_weight=0.1,
-    class_weights=False,
-    optimizer="adam",
-    lr=1e-4,
-    backbone_lr=1e-5,
-    weight_decay=1e-4,
-    scheduler="plateau",
-    plateau_patience=5,
-    epochs=50,
-    batch_size=16,
-    crop_size=(512, 512),
-    miou_exclude=("pedestrian",),
-    amp="auto",
-    eval_batch_size=4,
-    num_workers=2,
-)
-
-
 def presets() -> dict[str, dict[str, Any]]:
-    """Named settings on top of the defaults.
+    """Every named setting (`lib.recipes.presets`: demo, grid, tiny, streethazards-reference, and each
+    recipe of `lib.recipes.RECIPES` as NAME, NAME-demo and NAME-tiny)."""
+    from lib.recipes import presets as recipe_presets
 
-    - ``demo``: the README's main job, a few minutes on 2 CPU cores.
-    - ``grid``: the demo's data, shorter training; one run of the tuning / ablation grids
-      (``scripts/grids/``) in one to three minutes on 2 CPU cores.
-    - ``tiny``: seconds; used by the tests and the notebook test.
-    - ``streethazards``: the reference project's training recipe on the real dataset
-      (`REFERENCE_RECIPE`; a GPU).
-    - ``streethazards-reference``: no training: the reference project's published weights
-      evaluated on the real test split (1500 images at 1280x720, batch 8 as it did), test archive only.
-    """
-    return {
-        "demo": dict(epochs=18),
-        "grid": dict(epochs=5),
-        "tiny": dict(
-            n_train=8,
-            n_val=4,
-            n_test=4,
-            image_size=(64, 128),
-            crop_size=(64, 64),
-            epochs=1,
-            batch_size=4,
-            eval_batch_size=4,
-            num_workers=0,
-            max_steps_per_epoch=2,
-        ),
-        "streethazards": dict(REFERENCE_RECIPE),
-        "streethazards-reference": dict(
-            REFERENCE_RECIPE, weights="streethazards-reference", pretrained_on=None, eval_batch_size=8
-        ),
-    }
+    return recipe_presets()
 
 
 #: Valid values of the fields that take a name (argparse shows them as choices).
 FIELD_CHOICES: dict[str, tuple[str, ...]] = {
     "dataset": DATASETS,
+    "arch": tuple(ARCHS),
     "backbone": BACKBONES,
     "head": HEADS,
     "loss": LOSSES,
@@ -450,7 +472,8 @@ def add_config_arguments(
             common.pop("choices")
             parser.add_argument(*names, action=argparse.BooleanOptionalAction, **common)
         elif isinstance(default, tuple) or "tuple" in str(f.type):
-            item_type = int if "int" in str(f.type) else str
+            text = str(f.type)
+            item_type = float if "float" in text else int if "int" in text else str
             parser.add_argument(*names, nargs="+", type=item_type, **common)
         else:
             parser.add_argument(*names, type=_scalar_type(f.type, default), **common)
@@ -531,6 +554,7 @@ def _field_docs() -> dict[str, str]:
 
 
 __all__ = [
+    "ARCHS",
     "LOSSES",
     "SCORES",
     "ALL_SCORES",

@@ -540,21 +540,57 @@ def validate_split(root: str | Path, split: str, *, decode: bool = True) -> int:
 # ----------------------------------------------------------------------------- transforms
 
 
-def train_transforms(crop_size: Sequence[int]) -> v2.Compose:
-    """Random crop (padded with image 0 / mask 255 when the image is smaller) and flip.
+def train_transforms(
+    crop_size: Sequence[int],
+    *,
+    scale_range: Sequence[float] | None = None,
+    color_jitter: float = 0.0,
+) -> v2.Compose:
+    """Optional random resize, random crop (padded with image 0 / mask 255 when the image is
+    smaller), horizontal flip and optional colour jitter, on the (image, mask) pair.
+
+    Args:
+        crop_size: (height, width) of the crop.
+        scale_range: (min, max): the image is first resized by a random factor in this range
+            (bilinear for the image, nearest for the mask: transforms v2 picks per type).
+        color_jitter: brightness, contrast and saturation jitter of this strength (image only).
 
     Works on uint8 images; normalisation happens later, on the batch (`normalize`).
     """
-    return v2.Compose(
-        [
-            v2.RandomCrop(
-                tuple(crop_size),
-                pad_if_needed=True,
-                fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX},
-            ),
-            v2.RandomHorizontalFlip(),
-        ]
-    )
+    steps: list = []
+    if scale_range is not None:
+        steps.append(_RandomScale(tuple(scale_range)))
+    steps += [
+        v2.RandomCrop(
+            tuple(crop_size), pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}
+        ),
+        v2.RandomHorizontalFlip(),
+    ]
+    if color_jitter > 0:
+        steps.append(v2.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter))
+    return v2.Compose(steps)
+
+
+class _RandomScale(v2.Transform):
+    """Resize the pair by one random factor drawn uniformly from (min, max)."""
+
+    def __init__(self, scale_range: tuple[float, float]) -> None:
+        super().__init__()
+        self.scale_range = scale_range
+
+    def make_params(self, flat_inputs: list) -> dict:
+        height, width = v2.functional.get_size(
+            next(x for x in flat_inputs if isinstance(x, tv_tensors.Image))
+        )
+        factor = float(torch.empty(()).uniform_(*self.scale_range))
+        return {"size": [max(1, round(height * factor)), max(1, round(width * factor))]}
+
+    def transform(self, inpt, params: dict):
+        if isinstance(inpt, tv_tensors.Mask):
+            return v2.functional.resize(inpt, params["size"], interpolation=v2.InterpolationMode.NEAREST)
+        if isinstance(inpt, tv_tensors.Image):
+            return v2.functional.resize(inpt, params["size"], antialias=True)
+        return inpt
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -719,28 +755,3 @@ def median_frequency_weights(counts: torch.Tensor, image_pixels: torch.Tensor | 
         freq = counts[present] / denominator[present]
         weights[present] = freq.median() / freq
     return weights.float()
-
-
-def plot_class_distribution(
-    counts: torch.Tensor | np.ndarray | Sequence[int],
-    class_names: Sequence[str],
-    *,
-    title: str = "",
-    log_scale: bool = False,
-):
-    """Bar chart of each class's share of the labelled pixels (percent); returns the Figure."""
-    import matplotlib.pyplot as plt
-
-    counts = np.asarray(counts, dtype=np.float64)
-    if len(counts) != len(class_names):
-        raise ValueError(f"{len(counts)} counts but {len(class_names)} class names")
-    share = 100.0 * counts / max(counts.sum(), 1.0)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(counts) + 2), 3.6), constrained_layout=True)
-    bars = ax.bar(range(len(counts)), share, color="tab:blue")
-    ax.bar_label(bars, labels=[f"{s:.1f}" if s >= 0.05 else f"{s:.2g}" for s in share], fontsize=7)
-    ax.set_xticks(range(len(counts)), class_names, rotation=60, ha="right")
-    ax.set_ylabel("pixels (%)")
-    if log_scale:
-        ax.set_yscale("log")
-    ax.set_title(title or f"pixel distribution ({int(counts.sum()):,} labelled pixels)")
-    return fig

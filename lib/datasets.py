@@ -48,6 +48,10 @@ RoadAnomaly (Lis et al. 2019; 60 images), the processed releases::
 LostAndFound and RoadAnomaly are anomaly-only evaluation sets for Cityscapes-trained models:
 their masks hold 0 = in-distribution (`EVAL_INLIER_ID`, class attribute ``inlier_id``),
 1 = anomaly (class attribute ``anomaly_id``), 255 = ignore.
+
+Which name a run uses for each (and for their generated stand-ins), its splits and classes: the
+dataset registry beside this module, `lib.registry`. `open_dataset` opens one and, when a root holds
+another format's folders (`detect_format`), says which.
 """
 
 from __future__ import annotations
@@ -88,6 +92,8 @@ __all__ = [
     "RoadAnomaly",
     "build_dataset",
     "cityscapes_label_table",
+    "detect_format",
+    "open_dataset",
 ]
 
 # ----------------------------------------------------------------------------- Cityscapes-style folders
@@ -489,3 +495,47 @@ def build_dataset(name: str, root: str | Path, split: str, **kwargs) -> Dataset:
     if key not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
     return DATASETS[key](root, split, **kwargs)
+
+
+#: Loader name -> folders (relative to a root) that each of its layouts has, for `detect_format`.
+FORMAT_MARKERS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "streethazards": (("train/images/training",), ("test/images/test",)),
+    "cityscapes": (("leftImg8bit", "gtFine"),),
+    "lostandfound": (("leftImg8bit", "gtCoarse"),),
+    "bdd100k": (("images/10k",), ("seg/images",)),
+    "roadanomaly": (("images", "labels_masks"), ("original", "labels")),
+}
+
+
+def detect_format(root: str | Path) -> str | None:
+    """The format (a key of `DATASETS`) whose folders `root` holds, or None when it holds none."""
+    root = Path(root)
+    for name, layouts in FORMAT_MARKERS.items():
+        if any(all((root / folder).is_dir() for folder in layout) for layout in layouts):
+            return name
+    return None
+
+
+def open_dataset(loader: str, root: str | Path, split: str, *, what: str = "", **kwargs) -> Dataset:
+    """`build_dataset`, with an error that says which format a root in another format looks like.
+
+    Args:
+        what: how the run names this data (``dataset='cityscapes'``, ``test set 'roadanomaly'``),
+            for the messages.
+
+    Raises:
+        DatasetError: as `build_dataset`; when the folders are missing and `root` holds another
+            dataset's layout, the message names that format and the setting to change.
+    """
+    try:
+        return build_dataset(loader, root, split, **kwargs)
+    except DatasetError as err:
+        found = detect_format(root)
+        if found is None or found == loader:
+            raise
+        folders = " + ".join(f"{f}/" for f in FORMAT_MARKERS[found][0])
+        raise DatasetError(
+            f"{root} looks like a {DATASETS[found].name} dataset ({folders}), not {DATASETS[loader].name} "
+            f"as {what or 'the run'} expects: point that setting at a {DATASETS[loader].name} folder, or "
+            f"name the {DATASETS[found].name} format for this folder ({err})"
+        ) from err

@@ -13,7 +13,7 @@ import json
 import subprocess
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +22,20 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lib import distributed
-from lib.classes import NUM_KNOWN_CLASSES
 from lib.config import RunConfig, config_with_overrides
 from lib.data import (
-    StreetHazards,
+    SegmentationDataset,
     class_pixel_counts,
     inverse_frequency_weights,
     make_loader,
     seed_worker,
     train_transforms,
-    validate_split,
 )
+from lib.datasets import open_dataset
+from lib.figures import save_run_figures
 from lib.losses import SegmentationLoss
 from lib.published import comparison_table, published_results
+from lib.registry import DatasetSpec, TestSet, dataset_spec, resolve_test_sets
 from lib.test import EvaluationResult, evaluate, fit_sml_statistics, results_table
 from lib.train import fit, load_checkpoint
 from lib.utils import append_csv_row, atomic_write_bytes, next_run_dir, pick_device, seed_everything
@@ -44,62 +45,130 @@ from network import build_model
 
 @dataclass
 class Datasets:
-    """The splits of a run; a split left out (evaluation only: the test split alone) is None."""
+    """The splits of a run; a split left out (evaluation only: the test split alone) is None.
+    ``test`` is the first of the run's test sets (`test_sets`), ``tests`` all of them."""
 
-    train: StreetHazards | None
-    val: StreetHazards | None
-    test: StreetHazards | None
+    train: SegmentationDataset | None
+    val: SegmentationDataset | None
+    test: SegmentationDataset | None
+    tests: dict[str, SegmentationDataset] = field(default_factory=dict)
 
 
 SPLITS = ("train", "val", "test")
 
 
+def known_classes(cfg: RunConfig) -> tuple[str, ...]:
+    """The classes the run's model predicts, in output order (from the dataset registry)."""
+    return dataset_spec(cfg.dataset).known_classes(unknown_as_class=cfg.unknown_as_class)
+
+
+def num_classes(cfg: RunConfig) -> int:
+    """How many classes the run's model predicts: 13 for StreetHazards, 19 for Cityscapes, ..."""
+    return len(known_classes(cfg))
+
+
+def test_sets(cfg: RunConfig) -> list[TestSet]:
+    """The run's evaluation sets (`lib.registry.resolve_test_sets`): its own test split by default."""
+    return resolve_test_sets(cfg.dataset, cfg.data_root, cfg.test_sets)
+
+
+def _loader_options(cfg: RunConfig, spec: DatasetSpec, split: str) -> dict[str, Any]:
+    if spec.loader == "cityscapes":
+        chosen = [entry.split("/", 1)[1] for entry in cfg.cities if entry.split("/", 1)[0] == split]
+        return {"cities": chosen or None}
+    if spec.loader == "bdd100k":
+        return {"unknown_as_class": cfg.unknown_as_class}
+    return {}
+
+
+def open_split(
+    cfg: RunConfig,
+    spec: DatasetSpec,
+    root: str | Path,
+    role: str,
+    *,
+    transforms: Callable | None = None,
+    limit: int | None = None,
+) -> SegmentationDataset:
+    """The split of `spec` (at `root`) that plays `role` (train, val or test) in the run.
+
+    Raises:
+        lib.data.DatasetError: missing or broken files; a root in another format says which one.
+    """
+    if role not in spec.splits:
+        raise ValueError(f"{spec.name} has no {role} split (it is an evaluation-only set)")
+    split = spec.splits[role]
+    what = f"dataset={spec.name!r}" if spec.name == cfg.dataset else f"test set {spec.name!r}"
+    return open_dataset(
+        spec.loader, root, split, what=what, transforms=transforms, limit=limit,
+        **_loader_options(cfg, spec, split),
+    )  # fmt: skip
+
+
+def _prepare(cfg: RunConfig, spec: DatasetSpec, root: Path, roles: list[str]) -> None:
+    """Download (StreetHazards with ``cfg.download``) or generate (the synthetic names) what `roles`
+    of `spec` need under `root`, then check every file of those splits."""
+    if spec.name == "streethazards" and cfg.download:
+        from lib.download import download_streethazards
+
+        parts = tuple(dict.fromkeys("test" if role == "test" else "train" for role in roles))
+        download_streethazards(root, parts=parts, progress=cfg.progress)
+    if spec.generated is not None:
+        from lib.synthetic import generate
+
+        height, width = cfg.image_size
+        generate(
+            spec.generated, root, n_train=cfg.n_train, n_val=cfg.n_val, n_test=cfg.n_test,
+            height=height, width=width, seed=cfg.data_seed, progress=cfg.progress,
+        )  # fmt: skip
+    for role in roles:
+        open_split(cfg, spec, root, role).validate(decode=cfg.validate_data)
+
+
 def prepare_data(cfg: RunConfig, *, splits: tuple[str, ...] = SPLITS) -> Path:
-    """Make sure the dataset's `splits` are on disk and valid: the synthetic data is generated when
-    absent; with ``cfg.download`` the StreetHazards archives holding `splits` are downloaded when
-    their images are not all there (`lib.download.download_streethazards`).
+    """Make sure the run's `splits` are on disk and valid: ``train`` and ``val`` of the training
+    dataset, and with ``test`` every test set. The synthetic names are generated when absent; with
+    ``cfg.download`` the StreetHazards archives holding the splits are downloaded when their images
+    are not all there (`lib.download.download_streethazards`).
+
+    Returns:
+        The training dataset's root.
 
     Raises:
         lib.data.DatasetError: the first problem found, naming the file and the fix.
         lib.download.DownloadError: a download that failed, naming the file and the fix.
     """
     root = Path(cfg.data_root)
-    if cfg.dataset == "streethazards" and cfg.download:
-        from lib.download import download_streethazards
-
-        parts = tuple(dict.fromkeys("test" if split == "test" else "train" for split in splits))
-        download_streethazards(root, parts=parts, progress=cfg.progress)
-    if cfg.dataset == "synthetic":
-        from lib.synthetic import generate_streethazards
-
-        height, width = cfg.image_size
-        generate_streethazards(
-            root,
-            n_train=cfg.n_train,
-            n_val=cfg.n_val,
-            n_test=cfg.n_test,
-            height=height,
-            width=width,
-            seed=cfg.data_seed,
-            progress=cfg.progress,
-        )
-    for split in splits:
-        validate_split(root, split, decode=cfg.validate_data)
+    sets = test_sets(cfg) if "test" in splits else []
+    own = [role for role in splits if role != "test"] + ["test" for t in sets if not t.prefix]
+    if own:
+        _prepare(cfg, dataset_spec(cfg.dataset), root, own)
+    for t in sets:
+        if t.prefix:
+            _prepare(cfg, t.spec, Path(t.root), ["test"])
     return root
 
 
 def make_datasets(cfg: RunConfig, *, splits: tuple[str, ...] = SPLITS) -> Datasets:
-    """Training split with random crop + flip (unless ``cfg.augment`` is off); validation and test
-    at full resolution. Splits not in `splits` are None."""
-    root = Path(cfg.data_root)
-    make = {
-        "train": lambda: StreetHazards(
-            root, "train", transforms=train_transforms(cfg.crop_size) if cfg.augment else None
-        ),
-        "val": lambda: StreetHazards(root, "val"),
-        "test": lambda: StreetHazards(root, "test", limit=cfg.max_eval_images),
-    }
-    return Datasets(**{split: make[split]() if split in splits else None for split in SPLITS})
+    """Training split with random crop + flip (unless ``cfg.augment`` is off; and the resize and
+    colour jitter the config asks for); validation and test sets at full resolution. Splits not in
+    `splits` are None."""
+    spec, root = dataset_spec(cfg.dataset), Path(cfg.data_root)
+    train = val = None
+    if "train" in splits:
+        transforms = (
+            train_transforms(cfg.crop_size, scale_range=cfg.scale_range, color_jitter=cfg.color_jitter)
+            if cfg.augment
+            else None
+        )
+        train = open_split(cfg, spec, root, "train", transforms=transforms)
+    if "val" in splits:
+        val = open_split(cfg, spec, root, "val")
+    tests = {}
+    if "test" in splits:
+        for t in test_sets(cfg):
+            tests[t.name] = open_split(cfg, t.spec, t.root, "test", limit=cfg.max_eval_images)
+    return Datasets(train, val, next(iter(tests.values()), None), tests)
 
 
 def pretrained_path(cfg: RunConfig) -> Path | None:
@@ -131,12 +200,13 @@ def make_model(cfg: RunConfig, *, initial_weights: bool = True) -> nn.Module:
     Raises:
         lib.weights.WeightsError: a weights file that cannot be read or does not fit the model.
     """
+    deeplab = cfg.arch in ("deeplabv3plus", "deeplabv3")
     model = build_model(
-        arch="deeplabv3plus",
+        arch=cfg.arch,
         backbone=cfg.backbone,
         head=cfg.head,
-        num_classes=NUM_KNOWN_CLASSES,
-        output_stride=cfg.output_stride,
+        num_classes=num_classes(cfg),
+        output_stride=cfg.output_stride if deeplab else None,
         separable_conv=cfg.separable_conv,
         pretrained_backbone=cfg.pretrained_backbone and initial_weights,
     )
@@ -149,75 +219,15 @@ def make_model(cfg: RunConfig, *, initial_weights: bool = True) -> nn.Module:
     return model
 
 
-def make_criterion(cfg: RunConfig, train_set: StreetHazards) -> SegmentationLoss:
+def make_criterion(cfg: RunConfig, train_set: SegmentationDataset) -> SegmentationLoss:
     weights = None
     if cfg.class_weights:
-        weights = inverse_frequency_weights(class_pixel_counts(train_set)[:NUM_KNOWN_CLASSES])
+        n = num_classes(cfg)
+        weights = inverse_frequency_weights(class_pixel_counts(train_set)[:n])
     return SegmentationLoss(
         cfg.loss, gamma_focal=cfg.gamma_focal, entropy_weight=cfg.entropy_weight, class_weights=weights,
         entropy_term=cfg.entropy_term,
     )  # fmt: skip
-
-
-def save_figures(
-    result: EvaluationResult, history: list[dict[str, float]], cfg: RunConfig, run_dir: Path
-) -> list[Path]:
-    """Write a run's figures as PNGs and return their paths.
-
-    ``example_<i>.png`` (image, ground truth, prediction, every score's anomaly map), ``scores.png``
-    (AUPR / AUROC / FPR95 per score), ``curves.png`` (PR and ROC), ``histograms.png`` (scores on
-    inliers vs anomalies), ``confusion.png``, ``iou_vs_share.png``, ``class_distribution.png``
-    (test split, anomaly included) and ``history.png`` (loss curves).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from lib.classes import ANOMALY_ID, STREETHAZARDS_CLASSES
-    from lib.data import plot_class_distribution
-    from lib.utils import (
-        plot_confusion_matrix,
-        plot_curves,
-        plot_example,
-        plot_history,
-        plot_iou_vs_share,
-        plot_score_bars,
-        plot_score_histograms,
-    )
-
-    what = f"{cfg.backbone}, {cfg.head} head, {cfg.loss} - {cfg.dataset} test split"
-    known = STREETHAZARDS_CLASSES[:NUM_KNOWN_CLASSES]
-    counts = result.confusion.matrix.sum(dim=1).cpu()
-    pooled = "pooled" in cfg.protocols and result.anomaly  # only pooled states count the anomaly pixels
-    anomaly_pixels = [int(next(iter(result.anomaly.values())).pos_hist.sum())] if pooled else []
-    figures = {f"example_{i}": lambda ex=ex: plot_example(ex.image, ex.target, ex.prediction, ex.scores)
-               for i, ex in enumerate(result.examples)}  # fmt: skip
-    figures["scores"] = lambda: plot_score_bars(
-        result.metrics, cfg.scores, protocol=cfg.protocols[0], title=what
-    )
-    if "pooled" in cfg.protocols:  # curves and histograms come from the pooled states
-        figures.update(
-            curves=lambda: plot_curves(result.anomaly, title=what),
-            histograms=lambda: plot_score_histograms(result.anomaly, title=what),
-        )
-    figures.update(
-        confusion=lambda: plot_confusion_matrix(result.confusion.matrix, known),
-        iou_vs_share=lambda: plot_iou_vs_share(result.confusion.compute()["IoU"], counts, known),
-        class_distribution=lambda: plot_class_distribution(
-            [*counts.tolist(), *anomaly_pixels], STREETHAZARDS_CLASSES[: ANOMALY_ID + len(anomaly_pixels)],
-            title=f"{cfg.dataset} test split: labelled pixels per class", log_scale=True,
-        ),
-    )  # fmt: skip
-    if history:
-        figures["history"] = lambda: plot_history(history)
-    paths = []
-    for name, make in figures.items():
-        fig = make()
-        paths.append(run_dir / f"{name}.png")
-        fig.savefig(paths[-1], dpi=90)
-        plt.close(fig)
-    return paths
 
 
 _REPO = Path(__file__).resolve().parents[1]
@@ -304,6 +314,17 @@ def _sharded_loader(
     )
 
 
+def fit_sml(cfg: RunConfig, model: nn.Module, *, device: torch.device):
+    """Statistics of the ``sml`` score, fitted on the (un-augmented) training split of the run."""
+    train_set = open_split(cfg, dataset_spec(cfg.dataset), cfg.data_root, "train")
+    loader = make_loader(
+        train_set, batch_size=cfg.eval_batch_size, shuffle=False, num_workers=cfg.num_workers, seed=cfg.seed
+    )
+    return fit_sml_statistics(
+        model, loader, num_classes=num_classes(cfg), device=device, progress=cfg.progress
+    )
+
+
 def evaluate_model(
     cfg: RunConfig,
     model: nn.Module,
@@ -312,44 +333,132 @@ def evaluate_model(
     device: torch.device,
     keep_examples: int = 0,
     flip: bool = False,
-    scales: tuple[float, ...] = (1.0,),
+    scales: tuple[float, ...] | None = None,
+    test_set: TestSet | None = None,
+    sml_stats=None,
 ) -> EvaluationResult:
-    """`lib.test.evaluate` with the config's scores, classes, protocols, ignored classes, sliding
-    window and component metrics; when ``sml`` is among the scores, its statistics are first fitted
-    on the (un-augmented) training split."""
-    sml_stats = None
-    if "sml" in cfg.scores:
-        train_set = StreetHazards(Path(cfg.data_root), "train")
-        loader = make_loader(
-            train_set,
-            batch_size=cfg.eval_batch_size,
-            shuffle=False,
-            num_workers=cfg.num_workers,
-            seed=cfg.seed,
-        )
-        sml_stats = fit_sml_statistics(
-            model, loader, num_classes=NUM_KNOWN_CLASSES, device=device, progress=cfg.progress
-        )
+    """`lib.test.evaluate` on one test set with the config's scores, classes, protocols, ignored
+    classes, test-time scales (``cfg.eval_scales`` unless `scales` is given), sliding window and
+    component metrics.
+
+    Args:
+        test_set: the set `test_loader` reads (default: the run's first test set). Closed-set metrics
+            are measured where it has the model's class labels, anomaly metrics where it has anomaly
+            labels (a Cityscapes split has none; LostAndFound and RoadAnomaly have no class labels).
+        sml_stats: the ``sml`` score's statistics; fitted on the training split when it is among the
+            scores and they are not given (`fit_sml`).
+    """
+    test_set = test_set or test_sets(cfg)[0]
+    spec = test_set.spec
+    scores = cfg.scores if spec.anomaly_id is not None else ()
+    if "sml" in scores and sml_stats is None:
+        sml_stats = fit_sml(cfg, model, device=device)
+    if spec.closed_set:
+        class_names = spec.classes if spec.loader == "streethazards" else known_classes(cfg)
+    else:
+        class_names = spec.classes
     return evaluate(
-        model, test_loader, num_classes=NUM_KNOWN_CLASSES, device=device, score_names=cfg.scores,
-        miou_exclude=cfg.miou_exclude, ood_ignore=cfg.ood_ignore, protocols=cfg.protocols, flip=flip,
-        scales=scales, window=cfg.window, sml_stats=sml_stats, component_scores=cfg.component_scores,
+        model, test_loader, num_classes=num_classes(cfg), device=device, score_names=scores,
+        class_names=class_names, anomaly_id=spec.anomaly_id, closed_set=spec.closed_set,
+        miou_exclude=cfg.miou_exclude if spec.closed_set else (),
+        ood_ignore=cfg.ood_ignore if spec.loader == "streethazards" else (), protocols=cfg.protocols,
+        flip=flip, scales=scales or cfg.eval_scales, window=cfg.window, sml_stats=sml_stats,
+        component_scores=tuple(n for n in cfg.component_scores if n in scores),
         keep_examples=keep_examples, progress=cfg.progress,
     )  # fmt: skip
 
 
-def results_row(cfg: RunConfig, result: EvaluationResult, *, run_dir: Path, seconds: float) -> dict[str, Any]:
-    """One CSV row: run, data, commit, wall time, every config field and every metric (percent)."""
+@dataclass
+class SetResult:
+    """The evaluation of one test set of a run."""
+
+    test_set: TestSet
+    result: EvaluationResult
+
+
+@dataclass
+class Evaluation:
+    """A run's evaluation: one result per test set, and their metrics under one roof."""
+
+    sets: list[SetResult]
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """Every set's metrics; the keys of a set other than the training dataset's own test split
+        start with its name (``synthetic-lostandfound/ood/abet/AUPR/pooled``)."""
+        return {f"{s.test_set.prefix}{k}": v for s in self.sets for k, v in s.result.metrics.items()}
+
+    @property
+    def num_images(self) -> int:
+        return sum(s.result.num_images for s in self.sets)
+
+    @property
+    def first(self) -> EvaluationResult:
+        return self.sets[0].result
+
+    def __getitem__(self, name: str) -> EvaluationResult:
+        for s in self.sets:
+            if s.test_set.name == name:
+                return s.result
+        raise KeyError(f"no test set {name!r}; this evaluation has {[s.test_set.name for s in self.sets]}")
+
+
+def evaluate_test_sets(
+    cfg: RunConfig,
+    model: nn.Module,
+    *,
+    device: torch.device,
+    datasets: Mapping[str, SegmentationDataset] | None = None,
+    keep_examples: int = 0,
+    flip: bool = False,
+    scales: tuple[float, ...] | None = None,
+) -> Evaluation:
+    """Evaluate `model` on every test set of the run (``cfg.test_sets``; its own test split by default).
+
+    Args:
+        datasets: test set name -> dataset already opened (`make_datasets`); the others are opened here
+            (prepare them first: `prepare_data`).
+        keep_examples, flip, scales: as in `evaluate_model`.
+    """
+    sml_stats = fit_sml(cfg, model, device=device) if "sml" in cfg.scores else None
+    out = []
+    for t in test_sets(cfg):
+        dataset = (datasets or {}).get(t.name) or open_split(
+            cfg, t.spec, t.root, "test", limit=cfg.max_eval_images
+        )
+        loader = make_loader(dataset, batch_size=cfg.eval_batch_size, shuffle=False, num_workers=cfg.num_workers,
+                             seed=cfg.seed)  # fmt: skip
+        result = evaluate_model(
+            cfg, model, loader, device=device, keep_examples=keep_examples, flip=flip, scales=scales,
+            test_set=t, sml_stats=sml_stats,
+        )  # fmt: skip
+        out.append(SetResult(t, result))
+    return Evaluation(out)
+
+
+def results_row(
+    cfg: RunConfig, evaluation: Evaluation | EvaluationResult, *, run_dir: Path, seconds: float
+) -> dict[str, Any]:
+    """One CSV row: run, data, commit, wall time, every config field and every metric (percent) of
+    every test set."""
+    evaluation = _as_evaluation(cfg, evaluation)
     config = {k: " ".join(map(str, v)) if isinstance(v, tuple) else v for k, v in cfg.to_dict().items()}
     return {
         "run": run_dir.name,
-        "data": f"{cfg.dataset} test split",
+        "data": "; ".join(s.test_set.label for s in evaluation.sets),
         "commit": git_commit(),
         "wall_seconds": round(seconds, 1),
-        "test_images": result.num_images,
+        "test_images": evaluation.num_images,
         **config,
-        **{k: round(v, 4) for k, v in result.metrics.items()},
+        **{k: round(v, 4) for k, v in evaluation.metrics.items()},
     }
+
+
+def _as_evaluation(cfg: RunConfig, evaluation: Evaluation | EvaluationResult) -> Evaluation:
+    """A single `EvaluationResult` (of the run's first test set) as an `Evaluation`."""
+    if isinstance(evaluation, Evaluation):
+        return evaluation
+    return Evaluation([SetResult(test_sets(cfg)[0], evaluation)])
 
 
 @dataclass
@@ -407,7 +516,7 @@ def train(
     if main:
         print(
             f"data: {cfg.dataset} at {cfg.data_root} - train {len(data.train)}, val {len(data.val)}, "
-            f"test {len(data.test)} images; device: {device}"
+            f"test {', '.join(f'{name} {len(ds)}' for name, ds in data.tests.items())} images; device: {device}"
             + (f" x {distributed.world_size()} processes" if distributed.is_distributed() else "")
         )
     if checkpoint is not None:
@@ -425,7 +534,7 @@ def train(
     loaders = make_loaders(cfg, data)
     history = fit(
         model, loaders["train"], loaders["val"], criterion, cfg,
-        device=device, run_dir=run_dir, num_classes=NUM_KNOWN_CLASSES, resume=checkpoint,
+        device=device, run_dir=run_dir, num_classes=num_classes(cfg), resume=checkpoint,
         on_epoch_end=on_epoch_end,
     )  # fmt: skip
     return Trained(model, history, run_dir, device, data, loaders)
@@ -463,11 +572,11 @@ def run(
     trained = train(cfg, resume=resume)
     if not distributed.is_main():
         return {"run_dir": str(trained.run_dir)}
-    result = evaluate_model(
-        cfg, trained.model, trained.loaders["test"], device=trained.device, keep_examples=keep_examples
+    evaluation = evaluate_test_sets(
+        cfg, trained.model, device=trained.device, datasets=trained.data.tests, keep_examples=keep_examples
     )
     return report_run(
-        cfg, result, trained.history, run_dir=trained.run_dir, start=start, results_csv=results_csv
+        cfg, evaluation, trained.history, run_dir=trained.run_dir, start=start, results_csv=results_csv
     )
 
 
@@ -476,7 +585,7 @@ def evaluate_weights(
     *,
     keep_examples: int = 3,
     flip: bool = False,
-    scales: tuple[float, ...] = (1.0,),
+    scales: tuple[float, ...] | None = None,
     results_csv: str | None = "results.csv",
 ) -> dict[str, Any]:
     """Evaluate trained weights (``cfg.weights``: a `lib.weights.WEIGHTS` name or a file) on the test
@@ -500,25 +609,25 @@ def evaluate_weights(
     model = make_model(cfg)
     prepare_data(cfg, splits=("test",))
     data = make_datasets(cfg, splits=("test",))
-    loader = make_loaders(cfg, data)["test"]
-    print(f"weights {cfg.weights}; data: {cfg.dataset} test split at {cfg.data_root}, {len(data.test)} images; "
-          f"device: {device}")  # fmt: skip
+    sets = ", ".join(f"{t.label} at {t.root} ({len(data.tests[t.name])} images)" for t in test_sets(cfg))
+    print(f"weights {cfg.weights}; test sets: {sets}; device: {device}")
     run_dir = next_run_dir(cfg.out_dir, cfg.run_name)
     atomic_write_bytes(run_dir / "config.json", cfg.to_json().encode())
-    result = evaluate_model(
-        cfg, model.to(device), loader, device=device, keep_examples=keep_examples, flip=flip, scales=scales
-    )
-    row = report_run(cfg, result, [], run_dir=run_dir, start=start, results_csv=results_csv)
+    evaluation = evaluate_test_sets(
+        cfg, model.to(device), device=device, datasets=data.tests, keep_examples=keep_examples, flip=flip,
+        scales=scales,
+    )  # fmt: skip
+    row = report_run(cfg, evaluation, [], run_dir=run_dir, start=start, results_csv=results_csv)
     published = published_results(cfg.weights)
     if published is not None:
         print(f"\nBeside the published results ({published['source']}):")
-        print(comparison_table(result.metrics, published["metrics"]))
+        print(comparison_table(evaluation.first.metrics, published["metrics"]))
     return row
 
 
 def report_run(
     cfg: RunConfig,
-    result: EvaluationResult,
+    evaluation: Evaluation | EvaluationResult,
     history: list[dict[str, float]],
     *,
     run_dir: Path,
@@ -526,15 +635,27 @@ def report_run(
     results_csv: str | None,
 ) -> dict[str, Any]:
     """Figures, ``metrics.json``, the results row (appended to ``<out_dir>/<results_csv>`` unless
-    None) and the printed table of an evaluated run; returns the row with its ``run_dir``."""
-    save_figures(result, history, cfg, run_dir)
-    atomic_write_bytes(run_dir / "metrics.json", json.dumps(result.metrics, indent=2).encode())
+    None) and the printed tables of an evaluated run; returns the row with its ``run_dir``.
+
+    The figures of the training dataset's own test split go to the run folder, those of every other
+    test set to ``<run folder>/<set name>/`` (`lib.figures.save_run_figures`).
+    """
+    evaluation = _as_evaluation(cfg, evaluation)
+    for i, s in enumerate(evaluation.sets):
+        folder = run_dir / s.test_set.prefix if s.test_set.prefix else run_dir
+        save_run_figures(
+            s.result, history if i == 0 else [], cfg, folder,
+            title=f"{cfg.arch} {cfg.backbone}, {cfg.head} head, {cfg.loss} - {s.test_set.label}",
+            class_names=s.result.class_names, model_classes=known_classes(cfg),
+        )  # fmt: skip
+    atomic_write_bytes(run_dir / "metrics.json", json.dumps(evaluation.metrics, indent=2).encode())
     seconds = time.perf_counter() - start
-    row = results_row(cfg, result, run_dir=run_dir, seconds=seconds)
+    row = results_row(cfg, evaluation, run_dir=run_dir, seconds=seconds)
     if results_csv is not None:
         append_csv_row(Path(cfg.out_dir) / results_csv, row)
-    print(f"\nResults on the {cfg.dataset} test split ({result.num_images} images, {seconds:.0f} s):")
-    print(results_table(result.metrics, cfg.scores))
+    for s in evaluation.sets:
+        print(f"\nResults on the {s.test_set.label} ({s.result.num_images} images, {seconds:.0f} s):")
+        print(results_table(s.result.metrics, cfg.scores))
     print(
         f"\nrun folder: {run_dir}"
         + (f"   results row: {Path(cfg.out_dir) / results_csv}" if results_csv else "")

@@ -213,6 +213,13 @@ _LATER_DEFAULTS = {
     "ood_ignore": (),
     "window": None,
     "component_scores": (),
+    "arch": "deeplabv3plus",
+    "cities": (),
+    "unknown_as_class": False,
+    "scale_range": None,
+    "color_jitter": 0.0,
+    "test_sets": (),
+    "eval_scales": (1.0,),
 }
 
 
@@ -519,7 +526,7 @@ def plot_grid(
       with mIoU beside it;
     - ``<name>_heatmap.png`` (grids over exactly two fields): AUPR of each score over the two;
     - ``<name>_loss.png``: validation loss per epoch of every run (from its ``history.csv``);
-    - ``<name>_best_<figure>.png``: the per-run figures (`lib.experiment.save_figures`) of the run
+    - ``<name>_best_<figure>.png``: the per-run figures (`lib.figures.save_run_figures`) of the run
       with the highest AUPR of any score, for each name in `BEST_RUN_FIGURES`.
     """
     import matplotlib

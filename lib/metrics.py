@@ -141,13 +141,14 @@ class ConfusionMatrix:
         """Segmentation metrics as python floats (fractions in [0, 1]) and per-class lists.
 
         Args:
-            exclude: class ids left out of mIoU / minIoU / maxIoU / mean_class_accuracy
+            exclude: class ids left out of mIoU / minIoU / maxIoU / mean_class_accuracy / mean_F1
                 (their per-class values are still reported).
 
         Returns:
-            dict with ``IoU`` and ``class_accuracy`` (lists, one float per class, NaN for absent
-            classes as described in the class docstring), ``mIoU``, ``minIoU``, ``maxIoU``,
-            ``pixel_accuracy``, ``mean_class_accuracy`` (floats) and ``n_pixels`` (int).
+            dict with ``IoU``, ``class_accuracy`` and ``F1`` (lists, one float per class, NaN for
+            absent classes as described in the class docstring; F1 = 2 TP / (2 TP + FP + FN), the
+            Dice score), ``mIoU``, ``minIoU``, ``maxIoU``, ``pixel_accuracy``, ``mean_class_accuracy``,
+            ``mean_F1`` (floats) and ``n_pixels`` (int).
         """
         c = self.num_classes
         excluded = [int(k) for k in exclude]
@@ -162,6 +163,7 @@ class ConfusionMatrix:
         with np.errstate(divide="ignore", invalid="ignore"):
             iou = np.where(union > 0, tp / union, np.nan)
             recall = np.where(in_target > 0, tp / in_target, np.nan)
+            f1 = np.where(in_target + in_pred > 0, 2 * tp / (in_target + in_pred), np.nan)
         keep = np.ones(c, dtype=bool)
         keep[excluded] = False
         kept_iou = iou[keep]
@@ -175,6 +177,8 @@ class ConfusionMatrix:
             "maxIoU": float(kept_iou.max()) if kept_iou.size else math.nan,
             "pixel_accuracy": float(tp.sum() / total) if total > 0 else math.nan,
             "mean_class_accuracy": _nanmean(recall[keep]),
+            "F1": f1.tolist(),
+            "mean_F1": _nanmean(f1[keep]),
             "n_pixels": int(total),
         }
 

@@ -57,6 +57,8 @@ class EvaluationResult:
     confusion: ConfusionMatrix
     examples: list[Example] = field(default_factory=list)
     num_images: int = 0
+    class_names: tuple[str, ...] = ()  # names of the labels' train ids (figures)
+    closed_set: bool = True  # the set had class labels: seg/ metrics and the confusion matrix count
 
 
 @torch.no_grad()
@@ -136,7 +138,8 @@ def evaluate(
     device: torch.device | str,
     score_names: Sequence[str] = SCORES,
     class_names: Sequence[str] = STREETHAZARDS_CLASSES,
-    anomaly_id: int = ANOMALY_ID,
+    anomaly_id: int | None = ANOMALY_ID,
+    closed_set: bool = True,
     miou_exclude: Sequence[str] = (),
     ood_ignore: Sequence[str] = (),
     protocols: Sequence[str] = PROTOCOLS,
@@ -156,7 +159,11 @@ def evaluate(
         num_classes: classes the model predicts (13 for StreetHazards; the anomaly is not one).
         score_names: anomaly scores to evaluate (see `lib.scores`).
         class_names: names of the train ids (for the per-class IoU keys).
-        anomaly_id: train id of anomaly pixels (the positives of the anomaly metrics).
+        anomaly_id: train id of anomaly pixels (the positives of the anomaly metrics); None for a set
+            without anomaly labels (then `score_names` must be empty).
+        closed_set: the masks hold the model's class ids (mIoU and the confusion matrix count); False
+            for the anomaly-only sets (LostAndFound, RoadAnomaly: 0 in-distribution, 1 anomaly), which
+            give anomaly metrics alone.
         miou_exclude: class names left out of the mean IoU.
         ood_ignore: class names whose pixels the anomaly metrics skip (none by default, as in
             the official protocol; DenseHybrid skips "other").
@@ -180,6 +187,12 @@ def evaluate(
         ``ood/anomaly_pixel_share`` (pooled: the AUPR of a random score).
     """
     device = torch.device(device)
+    if anomaly_id is None and score_names:
+        raise ValueError(
+            f"scores {list(score_names)} need anomaly labels; this set has none (anomaly_id=None)"
+        )
+    if not closed_set and miou_exclude:
+        raise ValueError("miou_exclude needs class labels; an anomaly-only set (closed_set=False) has none")
     unknown = [n for n in miou_exclude if n not in class_names[:num_classes]]
     if unknown:
         raise ValueError(
@@ -221,10 +234,13 @@ def evaluate(
             logits, extras["untempered_logits"] = logits.chunk(2, dim=1)
         prediction = logits.max(dim=1).indices  # max(dim) is ~4x faster than argmax(dim) on CPU
         # Anomaly pixels are not a known class: they count for the anomaly metrics only.
-        known_target = torch.where(masks == anomaly_id, torch.full_like(masks, IGNORE_INDEX), masks)
-        confusion.update(prediction, known_target)
+        is_anomaly = (
+            masks == anomaly_id if anomaly_id is not None else torch.zeros_like(masks, dtype=torch.bool)
+        )
+        if closed_set:
+            known_target = torch.where(is_anomaly, torch.full_like(masks, IGNORE_INDEX), masks)
+            confusion.update(prediction, known_target)
         counted = (masks != IGNORE_INDEX) & ~torch.isin(masks, ignored_ids)
-        is_anomaly = masks == anomaly_id
         scores = compute_scores(logits, tuple(score_names), sml_stats=sml_stats, extras=extras)
         for name, score in scores.items():
             if "pooled" in protocols:
@@ -253,14 +269,15 @@ def evaluate(
             components[name].update(score, labels == 1, labels != 255)
         store.close()
     metrics = _flatten(
-        confusion, {"pooled": pooled, "per-image": per_image}, class_names[:num_classes], miou_exclude
-    )
+        confusion if closed_set else None, {"pooled": pooled, "per-image": per_image},
+        class_names[:num_classes], miou_exclude,
+    )  # fmt: skip
     for name, metric in components.items():
         values = metric.compute()
         for key in ("sIoU", "PPV", "mean_F1"):
             metrics[f"ood/{name}/{key}/components"] = 100.0 * values[key]
         metrics[f"ood/{name}/threshold/components"] = values["threshold"]
-    return EvaluationResult(metrics, anomaly, confusion, examples, num_images)
+    return EvaluationResult(metrics, anomaly, confusion, examples, num_images, tuple(class_names), closed_set)
 
 
 class _WithUntemperedLogits(nn.Module):
@@ -323,19 +340,22 @@ class _MapStore:
 
 
 def _flatten(
-    confusion: ConfusionMatrix,
+    confusion: ConfusionMatrix | None,
     anomaly: dict[str, dict[str, AnomalyMetric | PerImageAnomalyMetric]],
     class_names: Sequence[str],
     miou_exclude: Sequence[str],
 ) -> dict[str, float]:
-    exclude = [class_names.index(n) for n in miou_exclude]
-    seg = confusion.compute(exclude=exclude)
-    metrics = {
-        f"seg/{key}": 100.0 * float(seg[key])
-        for key in ("mIoU", "minIoU", "maxIoU", "pixel_accuracy", "mean_class_accuracy")
-    }
-    for name, iou in zip(class_names, seg["IoU"], strict=True):
-        metrics[f"seg/IoU/{name}"] = 100.0 * float(iou)
+    metrics: dict[str, float] = {}
+    if confusion is not None:
+        exclude = [class_names.index(n) for n in miou_exclude]
+        seg = confusion.compute(exclude=exclude)
+        metrics.update(
+            {f"seg/{key}": 100.0 * float(seg[key])
+             for key in ("mIoU", "minIoU", "maxIoU", "pixel_accuracy", "mean_class_accuracy", "mean_F1")}
+        )  # fmt: skip
+        for name, iou, f1 in zip(class_names, seg["IoU"], seg["F1"], strict=True):
+            metrics[f"seg/IoU/{name}"] = 100.0 * float(iou)
+            metrics[f"seg/F1/{name}"] = 100.0 * float(f1)
     for protocol, by_score in anomaly.items():
         for score, metric in by_score.items():
             values = metric.compute()
@@ -350,18 +370,27 @@ def _flatten(
 
 
 def results_table(metrics: dict[str, float], score_names: Sequence[str] = SCORES) -> str:
-    """A plain-text table of mIoU and each score's AUPR / AUROC / FPR95 (percent), per protocol."""
-    lines = [f"mIoU {metrics['seg/mIoU']:.2f}   pixel accuracy {metrics['seg/pixel_accuracy']:.2f}"]
-    if "ood/anomaly_pixel_share" in metrics:
-        lines[0] += (
-            f"   anomaly pixels {metrics['ood/anomaly_pixel_share']:.2f} (= pooled AUPR of a random score)"
+    """A plain-text table of mIoU and each score's AUPR / AUROC / FPR95 (percent), per protocol; a
+    set without class labels has no mIoU line, one without anomaly labels no score table."""
+    head = []
+    if "seg/mIoU" in metrics:
+        head.append(
+            f"mIoU {metrics['seg/mIoU']:.2f}   pixel accuracy {metrics['seg/pixel_accuracy']:.2f}   "
+            f"mean class accuracy {metrics['seg/mean_class_accuracy']:.2f}   mean F1 {metrics['seg/mean_F1']:.2f}"
         )
+    if "ood/anomaly_pixel_share" in metrics:
+        head.append(
+            f"anomaly pixels {metrics['ood/anomaly_pixel_share']:.2f} (= pooled AUPR of a random score)"
+        )
+    lines = ["   ".join(head)]
     for protocol in PROTOCOLS:
         if not any(key.endswith(f"/{protocol}") for key in metrics):
             continue
         where = "over all test pixels" if protocol == "pooled" else "mean over images with anomalies"
         lines += ["", f"{'score':<10}{'AUPR':>8}{'AUROC':>8}{'FPR95':>8}   ({protocol}: {where})"]
         for name in score_names:
+            if f"ood/{name}/AUPR/{protocol}" not in metrics:
+                continue
             row = [metrics[f"ood/{name}/{k}/{protocol}"] for k in ("AUPR", "AUROC", "FPR95")]
             lines.append(f"{name:<10}" + "".join(f"{v:8.2f}" for v in row))
     return "\n".join(lines)

@@ -43,9 +43,10 @@ from lib import distributed
 from lib.classes import IGNORE_INDEX
 from lib.config import RunConfig
 from lib.data import normalize
+from lib.figures import colorize
 from lib.losses import SegmentationLoss, entropy_term, focal_loss, true_class_rows_entropy
 from lib.metrics import ConfusionMatrix
-from lib.utils import append_csv_row, atomic_torch_save, colorize
+from lib.utils import append_csv_row, atomic_torch_save
 
 __all__ = [
     "AMP_DTYPES",

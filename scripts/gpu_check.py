@@ -447,7 +447,7 @@ def check_train(ctx: Context, mode: str) -> str:
     cfg = RunConfig(**fields)
     log = io.StringIO()
     figures = not ctx.quick  # matplotlib's figures take most of a quick run's time
-    no_figures = mock.patch.object(experiment, "save_figures", return_value=[])
+    no_figures = mock.patch.object(experiment, "save_run_figures", return_value=[])
     with contextlib.redirect_stdout(log), contextlib.nullcontext() if figures else no_figures:
         row = experiment.run(cfg, keep_examples=1, results_csv=None)
     print(log.getvalue())

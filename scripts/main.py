@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lib.cli import script_parser  # noqa: E402
 from lib.config import add_config_arguments, presets  # noqa: E402
+from lib.recipes import preset_help  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,9 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--preset",
         choices=sorted(presets()),
         default="demo",
-        help="starting settings: demo (synthetic, ~5 min on 2 CPU cores), tiny (seconds), "
-        "streethazards (the reference recipe on the real dataset, GPU), streethazards-reference (its "
-        "published weights evaluated, no training) (default: demo)",
+        help=preset_help() + " (default: demo)",
     )
     parser.add_argument(
         "--resume",

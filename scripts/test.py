@@ -1,4 +1,4 @@
-"""Evaluate a training checkpoint or trained weights on the test split: mIoU, and AUPR, AUROC, FPR95.
+"""Evaluate a training checkpoint or trained weights on one or more test sets: mIoU, AUPR, AUROC, FPR95.
 
 Examples:
     python scripts/test.py --preset streethazards-reference             # the reference's published model
@@ -7,6 +7,16 @@ Examples:
     python scripts/test.py --checkpoint ckpts/runs/run_3/last.pt --flip --scales 0.75 1.0 1.25
     python scripts/test.py --checkpoint ckpts/runs/run_3 --backbone resnet101 --head distance \\
         --dataset cityscapes                                            # the seed's flags
+    python scripts/test.py --checkpoint ckpts/runs/run_5 --test-set roadanomaly --data-root /data/RA
+    python scripts/test.py --checkpoint ckpts/runs/run_5 --test-sets cityscapes lostandfound=/data/laf \\
+        roadanomaly=/data/RoadAnomaly                                   # several sets in one call
+
+Test sets (--test-set / --test-sets, lib.registry): the training dataset's own test split by default;
+any set of the same classes (a StreetHazards model on streethazards or synthetic, a Cityscapes model
+on cityscapes, bdd100k) or an anomaly-only set (lostandfound, roadanomaly, and their synthetic-*
+stand-ins), each NAME or NAME=ROOT. With a single --test-set NAME other than the training dataset,
+--data-root names that set's folder. Each set's metrics are named <set>/... in results.csv and the
+json file (the training dataset's own split keeps plain names).
 
 Trained weights (--weights, or a preset that names them such as streethazards-reference): a name
 of lib.weights.WEIGHTS (downloaded with gdown on first use into --weights-dir, resumable) or a
@@ -58,15 +68,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--flip", action="store_true", help="also predict the mirrored image and average the logits"
     )
-    parser.add_argument(
-        "--scales",
-        nargs="+",
-        type=float,
-        default=[1.0],
-        help="test-time resize factors whose logits are averaged (default: 1.0)",
-    )
     # RunConfig.checkpoint (the weights a training run started from) means nothing here.
-    add_config_arguments(parser, flags=SEED_FLAGS, help_notes=SEED_FLAG_NOTES, exclude=("checkpoint",))
+    flags = {
+        **SEED_FLAGS,
+        "test_sets": ("--test-sets", "--test-set"),
+        "eval_scales": ("--eval-scales", "--scales"),
+    }
+    notes = {
+        **SEED_FLAG_NOTES,
+        "test_sets": "With a single --test-set NAME (not the training dataset), --data-root is that set's folder.",
+    }
+    add_config_arguments(parser, flags=flags, help_notes=notes, exclude=("checkpoint",))
     return parser.parse_args(argv)
 
 
@@ -96,7 +108,7 @@ def evaluate_weights(args: argparse.Namespace) -> int:
             f"(preset {preset} names no weights)"
         )
     print(f"preset {preset}:\n{cfg.to_json()}")
-    evaluate_weights(cfg, flip=args.flip, scales=tuple(args.scales))
+    evaluate_weights(cfg, flip=args.flip)
     return 0
 
 
@@ -105,9 +117,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> int:
     from lib.cli import UsageError
     from lib.config import config_with_overrides, given_fields
     from lib.experiment import (
-        evaluate_model,
-        make_datasets,
-        make_loaders,
+        evaluate_test_sets,
         make_model,
         prepare_data,
         results_row,
@@ -125,6 +135,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from err
     path = Path(checkpoint["path"])
     given = {k: v for k, v in given_fields(args).items() if k != "checkpoint"}  # --checkpoint is ours
+    given = _test_set_root(given, checkpoint["config"])
     try:
         cfg = config_with_overrides(checkpoint["config"], given, purpose=f"evaluating {path}")
     except ValueError as err:
@@ -132,26 +143,36 @@ def evaluate_checkpoint(args: argparse.Namespace) -> int:
     print(f"checkpoint {path} (epoch {checkpoint['epoch']}):\n{cfg.to_json()}")
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
-    prepare_data(cfg, splits=("test",))  # evaluation reads (and checks) the test split alone
-    loader = make_loaders(cfg, make_datasets(cfg, splits=("test",)))["test"]
+    # Evaluation reads (and checks) the test sets alone - and the training split for the sml score.
+    prepare_data(cfg, splits=("train", "test") if "sml" in cfg.scores else ("test",))
     model = make_model(cfg, initial_weights=False)
     model.load_state_dict(checkpoint["model"])
-    result = evaluate_model(
-        cfg, model.to(device), loader, device=device, flip=args.flip, scales=tuple(args.scales)
-    )
+    evaluation = evaluate_test_sets(cfg, model.to(device), device=device, flip=args.flip)
     seconds = time.perf_counter() - start
     row = {
-        **results_row(cfg, result, run_dir=path.parent, seconds=seconds),
+        **results_row(cfg, evaluation, run_dir=path.parent, seconds=seconds),
         "checkpoint": str(path),
         "checkpoint_epoch": checkpoint["epoch"],
-        "tta": f"flip={args.flip} scales={' '.join(map(str, args.scales))}",
+        "tta": f"flip={args.flip} scales={' '.join(map(str, cfg.eval_scales))}",
     }
     append_csv_row(Path(cfg.out_dir) / "results.csv", row)
-    atomic_write_bytes(path.parent / f"test_{path.stem}.json", json.dumps(result.metrics, indent=2).encode())
-    print(f"\nResults on the {cfg.dataset} test split ({result.num_images} images, {seconds:.0f} s):")
-    print(results_table(result.metrics, cfg.scores))
-    print(f"\nresults row: {Path(cfg.out_dir) / 'results.csv'}")
+    out = path.parent / f"test_{path.stem}.json"
+    atomic_write_bytes(out, json.dumps(evaluation.metrics, indent=2).encode())
+    for s in evaluation.sets:
+        print(f"\nResults on the {s.test_set.label} ({s.result.num_images} images, {seconds:.0f} s):")
+        print(results_table(s.result.metrics, cfg.scores))
+    print(f"\nresults row: {Path(cfg.out_dir) / 'results.csv'}   metrics: {out}")
     return 0
+
+
+def _test_set_root(given: dict, saved: dict) -> dict:
+    """``--test-set NAME --data-root ROOT`` (one set, not the training dataset): ROOT is the set's folder,
+    and the training dataset's folder stays the checkpoint's."""
+    sets = given.get("test_sets") or ()
+    if len(sets) == 1 and "=" not in sets[0] and "data_root" in given and sets[0] != saved["dataset"]:
+        given = dict(given)
+        given["test_sets"] = (f"{sets[0]}={given.pop('data_root')}",)
+    return given
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from lib.config import (  # noqa: E402
     add_config_arguments,
     presets,
 )
+from lib.recipes import preset_help  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,9 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--preset",
         choices=sorted(presets()),
         default=None,
-        help="starting settings that the flags below override: streethazards (the reference recipe on the "
-        "real dataset, GPU), demo (synthetic, ~5 min on 2 CPU cores), tiny (seconds) (default: "
-        "streethazards; ignored with --resume)",
+        help=preset_help() + " (default: streethazards; ignored with --resume)",
     )
     parser.add_argument(
         "--resume",

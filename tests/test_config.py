@@ -126,19 +126,32 @@ def test_every_score_is_a_valid_choice():
 
 
 def test_model_names_are_the_networks_and_checked_up_front():
+    from lib.config import ARCHS as CONFIG_ARCHS
     from lib.config import BACKBONES, HEADS
     from network import ARCHS, HEAD_NAMES
 
-    assert BACKBONES == tuple(ARCHS["deeplabv3plus"]) and HEADS == tuple(HEAD_NAMES)
+    assert CONFIG_ARCHS == {arch: tuple(backbones) for arch, backbones in ARCHS.items()}
+    assert set(BACKBONES) == {b for backbones in ARCHS.values() for b in backbones}
+    assert HEADS == tuple(HEAD_NAMES)
     with pytest.raises(
-        ValueError,
-        match="backbone='resnet999' is not valid; choose one of: mobilenet_v2, resnet50, resnet101$",
+        ValueError, match="backbone='resnet999' is not valid; choose one of: mobilenet_v2, resnet50"
     ):
         RunConfig(backbone="resnet999")
-    with pytest.raises(
-        ValueError, match="backbone='resnet34' is not valid"
-    ):  # a U-Net encoder, not DeepLab's
+    # A U-Net encoder with DeepLab, and DeepLab's backbone with a U-Net: pairs that do not exist.
+    with pytest.raises(ValueError, match="arch='deeplabv3plus' with backbone='resnet34' does not exist; "
+                       "deeplabv3plus takes backbone mobilenet_v2 or resnet50 or resnet101"):  # fmt: skip
         RunConfig(backbone="resnet34")
+    with pytest.raises(
+        ValueError,
+        match="arch='my_fcn' with backbone='resnet101' does not exist; my_fcn takes backbone plain$",
+    ):
+        RunConfig(arch="my_fcn", backbone="resnet101")
+    with pytest.raises(
+        ValueError, match="arch='vgg' is not valid; choose one of: deeplabv3plus, deeplabv3, unet, my_fcn"
+    ):
+        RunConfig(arch="vgg")
+    with pytest.raises(ValueError, match="output_stride applies to the DeepLab archs only"):
+        RunConfig(arch="unet", backbone="resnet34", output_stride=8)
     with pytest.raises(ValueError, match="head='linear' is not valid; choose one of: standard, distance"):
         RunConfig(head="linear")
 

@@ -20,11 +20,11 @@ from lib.data import (
     make_loader,
     median_frequency_weights,
     normalize,
-    plot_class_distribution,
     read_odgt,
     train_transforms,
     validate_split,
 )
+from lib.figures import plot_class_distribution
 from tests.conftest import write_split
 
 

@@ -198,3 +198,34 @@ def test_notebook_runs_top_to_bottom(tmp_path):
         and 0 <= float(rows[2]["ood/entropy/sIoU/components"]) <= 100
     )
     assert rows[2]["component_scores"] == "entropy"
+
+
+@pytest.mark.slow
+def test_notebook_runs_a_recipe_on_its_offline_stand_in(tmp_path):
+    """One setting - PRESET = "abet-tiny" - and the notebook trains on the Cityscapes-format stand-in
+    and evaluates on its val split and the LostAndFound / RoadAnomaly-format stand-ins."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    data = tmp_path / "data"
+    overrides = {"test_sets": ["synthetic-cityscapes", f"synthetic-lostandfound={data / 'laf'}",
+                               f"synthetic-roadanomaly={data / 'ra'}"], "tensorboard": False}  # fmt: skip
+    env = {"NOTEBOOK_PRESET": "abet-tiny", "NOTEBOOK_OUT_DIR": str(tmp_path / "ckpts"),
+           "NOTEBOOK_DATA_ROOT": str(data / "cs"), "NOTEBOOK_OVERRIDES": json.dumps(overrides),
+           "MPLBACKEND": "Agg"}  # fmt: skip
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        nb = nbformat.read(ROOT / "main.ipynb", as_version=4)
+        nbclient.NotebookClient(nb, timeout=600, resources={"metadata": {"path": str(ROOT)}}).execute()
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    metrics = json.loads((tmp_path / "ckpts" / "runs" / "run_0" / "metrics.json").read_text())
+    assert "seg/mIoU" in metrics and "synthetic-roadanomaly/ood/abet/AUPR/pooled" in metrics
+    assert "synthetic-lostandfound/ood/energy/FPR95/pooled" in metrics
+    assert (tmp_path / "ckpts" / "runs" / "run_0" / "synthetic-lostandfound" / "curves.png").is_file()
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert (
+        "synthetic-roadanomaly test split" in text
+        and "deeplabv3plus mobilenet_v2 with abet head, 19 classes" in text
+    )

@@ -8,8 +8,7 @@ The graph's contract:
   ``input_format="float"`` the input is instead float32 that is already normalised.
 - output ``class_map``: int64 (B, H, W), the argmax of the logits (train ids 0..num_classes-1).
 - output ``anomaly_map``: float32 (B, H, W), the anomaly score ``lib.scores.compute_scores`` gives
-  for the chosen name (higher = more anomalous), computed from the same forward pass; the AbeT score
-  gets the head's untempered logits through ``extras``.
+  for the chosen name (higher = more anomalous), computed from the same forward pass.
 
 H and W are fixed at export, and so is the batch size (1) unless ``dynamic_batch=True``. Uses PyTorch's
 ``torch.export``-based ONNX exporter (needs the ``onnx`` and ``onnxscript`` packages) and
@@ -32,9 +31,7 @@ from torch import nn
 from lib.data import normalize
 from lib.scores import ALL_SCORES, SMLStatistics, compute_scores
 from network import (
-    LOGITS,
     build_model,
-    forward_with_extras,
     infer_num_classes,
     read_checkpoint,
     read_state_dict,
@@ -66,8 +63,7 @@ class SegmentationWithScore(nn.Module):
     """A segmentation model + input normalisation + argmax + one anomaly score, as one module.
 
     Args:
-        model: maps normalised images (B, 3, H, W) to logits (B, C, H, W); if it has
-            ``forward_with_extras`` (every ``network`` model does) the extras reach the score.
+        model: maps normalised images (B, 3, H, W) to logits (B, C, H, W).
         score: a name from ``lib.scores.ALL_SCORES``.
         input_format: "uint8" (normalise inside) or "float" (input already normalised).
         sml_stats: fitted statistics, required for the "sml" score.
@@ -99,10 +95,8 @@ class SegmentationWithScore(nn.Module):
     def outputs(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"class_map", "anomaly_map", "logits"}`` (the logits for checks and tie detection)."""
         x = normalize(image) if self.input_format == "uint8" else image.float()
-        out = forward_with_extras(self.model, x)
-        logits = out[LOGITS]
-        extras = {k: v for k, v in out.items() if k != LOGITS}
-        anomaly = compute_scores(logits, (self.score,), sml_stats=self.sml_stats, extras=extras)[self.score]
+        logits = self.model(x)
+        anomaly = compute_scores(logits, (self.score,), sml_stats=self.sml_stats)[self.score]
         return {"class_map": logits.argmax(dim=1), "anomaly_map": anomaly, "logits": logits}
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,8 +150,7 @@ def export_onnx(
     A float32 CPU copy of the model is exported in eval mode; ``model`` itself is left as it is.
 
     Args:
-        model: a segmentation model (normalised images -> logits); ``network`` models also pass
-            their head's extras to the score.
+        model: a segmentation model (normalised images -> logits).
         path: the .onnx file to write (folders are created).
         height, width: the fixed input size.
         score: anomaly score, one of ``lib.scores.ALL_SCORES`` ("sml" needs ``sml_stats``).

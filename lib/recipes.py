@@ -16,7 +16,7 @@ recipe              what it is
 ==================  =====================================================================================
 streethazards       the StreetHazards reference: DeepLabv3+ R101 distance head, FL+H, both protocols
 abet                AbeT: DeepLabv3+ (R101 for WideResNet38) AbeT head, CE, Cityscapes -> LostAndFound,
-                    RoadAnomaly; abet score beside energy, MSP, MaxLogit, entropy; pooled protocol
+                    RoadAnomaly; abet score beside MSP, MaxLogit, entropy; pooled protocol
 bdd100k-unet        BDD100K 10K: U-Net ImageNet ResNet-34, unknown (255) as a 20th class, CE (the seed's
                     better run; focal + class weights is --loss fl --class-weights); accuracy, IoU, F1
 pans                PAnS: DeepLabv3 R50 cosine head (scale 10) on StreetHazards, pans score, per-image
@@ -154,7 +154,7 @@ RECIPES: dict[str, Recipe] = {
                 epochs=30,
                 batch_size=8,
                 crop_size=(768, 768),
-                scores=("abet", "energy", "msp", "maxlogit", "entropy"),
+                scores=("abet", "msp", "maxlogit", "entropy"),
                 protocols=("pooled",),
                 amp="auto",
                 eval_batch_size=2,
@@ -168,8 +168,8 @@ RECIPES: dict[str, Recipe] = {
                 backbone_lr=None,
             ),
             demo=dict(epochs=18),
-            measures="mIoU on the Cityscapes val split; pooled AUPR / AUROC / FPR95 of abet, energy, MSP, "
-            "MaxLogit, entropy on LostAndFound (road vs obstacle) and RoadAnomaly",
+            measures="mIoU on the Cityscapes val split; pooled AUPR / AUROC / FPR95 of abet (the energy of the "
+            "tempered logits), MSP, MaxLogit, entropy on LostAndFound (road vs obstacle) and RoadAnomaly",
             published="LostAndFound FPR95 3.42 / AUPR 68.35 / AUROC 99.09; RoadAnomaly 53.50 / 31.12 / 81.55",
             notes="ResNet-101 stands in for WideResNet38 (no public weights in this format) and starts from "
             "VainF's Cityscapes DeepLabv3+ instead of Mapillary pretraining; the optimiser settings "
@@ -283,7 +283,7 @@ RECIPES: dict[str, Recipe] = {
                 scale_range=(0.75, 1.0),
                 crop_size=(96, 192),
             ),  # fmt: skip
-            demo=dict(epochs=18),
+            demo=dict(epochs=8),
             measures="pixel (global) accuracy, mean class accuracy, IoU and F1 per class, confusion matrix",
             published="no numeric table in the seed (TensorBoard figures only)",
             notes="The resize range and crop are ours (the seed names the augmentations, not their sizes); "

@@ -8,9 +8,10 @@ done it is said, and it is done to keep float32 resolution where it matters.
 Scores: ``msp``, ``maxlogit``, ``entropy``, ``energy`` need the logits alone; ``sml``
 (standardized max logit) also needs per-class statistics fitted on the training split
 (`SMLStatistics`); ``pans`` is the PAnS prototype score for a cosine head of scale 10 (any
-head's logits work); ``abet`` is the AbeT score, the energy of the logits *before* the learned
-temperature, for a head that returns them in ``extras["untempered_logits"]`` (otherwise the
-logits themselves, i.e. energy).
+head's logits work); ``abet`` is the AbeT score (LeVine et al. 2024): the energy score of a model
+with a learned temperature with the temperature in front removed, ``-logsumexp_c(cos_c / T)``, i.e.
+the energy of the AbeT head's (tempered) logits. It is computed exactly like ``energy`` and named
+apart so that a run reads like the method it reproduces; on any other head it *is* energy.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ def compute_scores(
     names: tuple[str, ...] = SCORES,
     *,
     sml_stats: SMLStatistics | None = None,
-    extras: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """All requested scores of one batch, from one shared softmax.
 
@@ -35,7 +35,6 @@ def compute_scores(
         logits: Shape (B, C, H, W).
         names: scores to compute (see the module docstring).
         sml_stats: fitted statistics, required for ``sml``.
-        extras: extra model outputs; ``untempered_logits`` (B, C, H, W) is used by ``abet``.
 
     Returns:
         {name: scores of Shape (B, H, W)}, higher = more anomalous.
@@ -65,16 +64,13 @@ def compute_scores(
         # H = sum_c p_c (max(z) - z_c) + log(1 + rest): two non-negative terms, no cancellation;
         # the maximal classes contribute 0 to the first, so the masked e serves.
         out["entropy"] = e.mul_(gap).sum(dim=1) / (1.0 + rest) + log1p_rest
-    if "energy" in names:
-        out["energy"] = -(z_max + log1p_rest)
+    if "energy" in names or "abet" in names:
+        out["energy"] = out["abet"] = -(z_max + log1p_rest)
     if "sml" in names:
         out["sml"] = sml_stats.standardize(z_max, z.max(dim=1).indices)
     if "pans" in names:
         # 1 - (max cosine logit + s) / (2 s): the distance of the nearest prototype, in [0, 1].
         out["pans"] = 1.0 - (z_max + PANS_SCALE) / (2 * PANS_SCALE)
-    if "abet" in names:
-        untempered = (extras or {}).get("untempered_logits", logits)
-        out["abet"] = -torch.logsumexp(untempered.float(), dim=1)
     return {name: out[name] for name in names}
 
 

@@ -35,7 +35,6 @@ from lib.metrics import (
     best_f1_threshold,
 )
 from lib.scores import SMLStatistics, compute_scores
-from network import forward_with_extras
 
 
 @dataclass
@@ -171,8 +170,6 @@ def evaluate(
         flip, scales, window: test-time augmentation and sliding-window inference
             (see `predict_logits`); the defaults run each image once, whole.
         sml_stats: training-split statistics for the ``sml`` score (`fit_sml_statistics`).
-            The ``abet`` score asks the model for its untempered logits in the same forward
-            (`network.forward_with_extras`).
         component_scores: scores that also get the SegmentMeIfYouCan component metrics
             (``ood/<score>/{sIoU,PPV,mean_F1}/components``) at their best-F1 pooled pixel
             threshold. The threshold is known only once every pixel has been seen, so their
@@ -223,15 +220,11 @@ def evaluate(
             f"best-F1 pooled one); protocols were {list(protocols)}"
         )
     stores = {name: _MapStore() for name in component_scores}
-    forward = _WithUntemperedLogits(model) if "abet" in score_names else model
     total = len(batches) if hasattr(batches, "__len__") else None
     for images, masks in tqdm(batches, total=total, desc="evaluate", disable=not progress, leave=False):
         images = images.to(device, non_blocking=True)
         masks = masks.to(device, non_blocking=True)
-        logits = predict_logits(forward, normalize(images), flip=flip, scales=scales, window=window)
-        extras = {}
-        if "abet" in score_names:  # one forward gave [tempered | untempered] logits
-            logits, extras["untempered_logits"] = logits.chunk(2, dim=1)
+        logits = predict_logits(model, normalize(images), flip=flip, scales=scales, window=window)
         prediction = logits.max(dim=1).indices  # max(dim) is ~4x faster than argmax(dim) on CPU
         # Anomaly pixels are not a known class: they count for the anomaly metrics only.
         is_anomaly = (
@@ -241,7 +234,7 @@ def evaluate(
             known_target = torch.where(is_anomaly, torch.full_like(masks, IGNORE_INDEX), masks)
             confusion.update(prediction, known_target)
         counted = (masks != IGNORE_INDEX) & ~torch.isin(masks, ignored_ids)
-        scores = compute_scores(logits, tuple(score_names), sml_stats=sml_stats, extras=extras)
+        scores = compute_scores(logits, tuple(score_names), sml_stats=sml_stats)
         for name, score in scores.items():
             if "pooled" in protocols:
                 anomaly[name].update(score, is_anomaly, counted)
@@ -278,20 +271,6 @@ def evaluate(
             metrics[f"ood/{name}/{key}/components"] = 100.0 * values[key]
         metrics[f"ood/{name}/threshold/components"] = values["threshold"]
     return EvaluationResult(metrics, anomaly, confusion, examples, num_images, tuple(class_names), closed_set)
-
-
-class _WithUntemperedLogits(nn.Module):
-    """Logits and the AbeT head's untempered logits from one forward, concatenated on the class
-    dimension, so test-time augmentation and tiling treat both alike. A model without them
-    (``lib.scores``: the ``abet`` score is then energy) repeats its logits."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = forward_with_extras(self.model, x)
-        return torch.cat([out["logits"], out.get("untempered_logits", out["logits"])], dim=1)
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ DeepLab state dicts match VainF/DeepLabV3Plus-Pytorch checkpoints key for key::
 
     model = build_model(arch="unet", backbone="resnet34", head="abet", num_classes=19, pretrained="imagenet")
     out = model.forward_with_extras(images)  # {"logits", "untempered_logits", "temperature"}
-    scores = lib.scores.compute_scores(out["logits"], ("abet",), extras=out)
+    scores = lib.scores.compute_scores(out["logits"], ("abet",))  # energy of the tempered logits
 
 ``ARCHS`` lists the backbones each architecture supports; ``model_grid()`` every valid pair.
 """

@@ -3,8 +3,8 @@
 Every head takes ``(B, in_channels, H, W)`` features and its ``forward`` returns ``(B, num_classes, H, W)``
 logits, so heads are interchangeable on every architecture (``build_model(head=...)``). Heads that
 produce more than the logits (the AbeT head) also have ``forward_with_extras``, which returns a dict:
-``"logits"`` (exactly what ``forward`` returns) plus the head's extra outputs, under the names
-``lib.scores.compute_scores(..., extras=...)`` reads. Every head has ``forward_with_extras``; for heads
+``"logits"`` (exactly what ``forward`` returns) plus the head's extra outputs (for inspection and
+figures). Every head has ``forward_with_extras``; for heads
 without extras it returns ``{"logits": forward(x)}``.
 
 - ``standard``: a 1x1 convolution with bias (VainF's layer, same state-dict keys).
@@ -12,8 +12,8 @@ without extras it returns ``{"logits": forward(x)}``.
 - ``cosine``: PAnS's cosine classifier: ``10 * cos(f, w_c)``, bias-free, features and weights
   L2-normalised (the logits lie in [-10, 10]).
 - ``abet``: AbeT's cosine logits divided by a learned per-pixel temperature
-  ``T = sigmoid(BN(conv1x1(f))) + 1e-12``; extras ``untempered_logits`` (the cosine logits, what the
-  AbeT score needs) and ``temperature``.
+  ``T = sigmoid(BN(conv1x1(f))) + 1e-12``; extras ``untempered_logits`` (the cosine logits) and
+  ``temperature``.
 """
 
 from __future__ import annotations
@@ -226,8 +226,9 @@ class AbeTHead(Head):
 
     ``logits = cos(f, w_c) / T(f)`` with ``T(f) = sigmoid(BN(conv1x1(f))) + eps``, a scalar per pixel in
     (0, 1], so the temperature only ever sharpens the cosine logits. Trained with plain cross-entropy
-    on ``logits``; the AbeT anomaly score is the energy of the *untempered* cosine logits,
-    ``-logsumexp_c cos(f, w_c)`` (``lib.scores``' "abet" with ``extras=forward_with_extras(...)``).
+    on ``logits``; the AbeT anomaly score is their energy without a temperature in front,
+    ``-logsumexp_c(cos(f, w_c) / T(f))`` (``lib.scores``' "abet"): a confident in-distribution pixel
+    gets a low temperature, large logits and a low score.
 
     Parameters: ``weight`` (num_classes, in_channels, 1, 1), the bias-free cosine weights as in
     ``CosineHead`` (no scale: the temperature plays its role); ``temperature.0`` the bias-free 1x1 conv
@@ -248,7 +249,7 @@ class AbeTHead(Head):
         self.eps = eps
 
     def forward_with_extras(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Tempered logits, and the untempered cosine logits and the temperature the scores need.
+        """Tempered logits, with the untempered cosine logits and the temperature beside them.
 
         Args:
             x: decoder features.

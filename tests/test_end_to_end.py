@@ -222,7 +222,7 @@ def test_notebook_runs_a_recipe_on_its_offline_stand_in(tmp_path):
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     metrics = json.loads((tmp_path / "ckpts" / "runs" / "run_0" / "metrics.json").read_text())
     assert "seg/mIoU" in metrics and "synthetic-roadanomaly/ood/abet/AUPR/pooled" in metrics
-    assert "synthetic-lostandfound/ood/energy/FPR95/pooled" in metrics
+    assert "synthetic-lostandfound/ood/msp/FPR95/pooled" in metrics
     assert (tmp_path / "ckpts" / "runs" / "run_0" / "synthetic-lostandfound" / "curves.png").is_file()
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert (

@@ -62,8 +62,8 @@ def test_mobilenet_entropy_graph_matches_pytorch(tmp_path: Path) -> None:
     assert check.ok and check.pixels == 64 * 128, str(check)
 
 
-def test_abet_graph_uses_untempered_logits_with_dynamic_batch(tmp_path: Path) -> None:
-    """The AbeT score reaches the head's extras inside the graph; float input; batch size varies."""
+def test_abet_graph_with_dynamic_batch(tmp_path: Path) -> None:
+    """The AbeT head's score inside the graph (-logsumexp(cos / T)); float input; batch size varies."""
     torch.manual_seed(0)
     model = build_model(arch="my_fcn", backbone="plain", head="abet", num_classes=5, base_width=8).eval()
     path = export_onnx(
@@ -80,7 +80,7 @@ def test_abet_graph_uses_untempered_logits_with_dynamic_batch(tmp_path: Path) ->
         class_map, anomaly_map = run_onnx(path, image)
         with torch.no_grad():
             out = model.forward_with_extras(image)
-        expected = -torch.logsumexp(out["untempered_logits"], dim=1)
+        expected = -torch.logsumexp(out["untempered_logits"] / out["temperature"], dim=1)
         np.testing.assert_allclose(anomaly_map, expected.numpy(), rtol=1e-3, atol=1e-4)
         assert class_map.shape == (batch, 32, 48)
         assert check_onnx(path, model, image, score="abet", input_format="float").ok

@@ -656,6 +656,14 @@ def test_abet_head_extras() -> None:
     assert ((out["temperature"] > 0) & (out["temperature"] <= 1)).all()
     torch.testing.assert_close(out["logits"], out["untempered_logits"] / t)
     assert torch.equal(head(f), out["logits"])
+    # The AbeT score on the head's output (AbeT's scoring_fns.abet_score): -logsumexp(cos / T), the
+    # energy of the tempered logits with no temperature in front - not the untempered energy, not
+    # -T logsumexp(cos / T).
+    abet = compute_scores(out["logits"], ("abet",))["abet"]
+    by_definition = -torch.logsumexp(cosine / t, dim=1)
+    torch.testing.assert_close(abet, by_definition, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(abet, -torch.logsumexp(cosine, dim=1), atol=1e-3)
+    assert not torch.allclose(abet, t[:, 0] * by_definition, atol=1e-3)
 
 
 def test_heads_without_extras_return_logits_only() -> None:
@@ -675,10 +683,12 @@ def test_model_forward_with_extras_and_abet_score() -> None:
         assert torch.equal(forward_with_extras(model, x)["logits"], out["logits"])
     assert torch.equal(out["logits"], logits)  # the same tensor plain forward gives
     assert out["untempered_logits"].shape == (1, 6, 64, 96) and out["temperature"].shape == (1, 1, 64, 96)
-    # the AbeT score: energy of the untempered (cosine) logits, not of the tempered ones
-    abet = compute_scores(out["logits"], ("abet",), extras=out)["abet"]
-    torch.testing.assert_close(abet, -torch.logsumexp(out["untempered_logits"], dim=1))
-    assert not torch.allclose(abet, -torch.logsumexp(logits, dim=1))
+    # the AbeT score: -logsumexp(cos / T), the energy without the temperature in front
+    abet = compute_scores(out["logits"], ("abet",))["abet"]
+    # (the model upsamples the head's logits, so the tempered logits are out["logits"] here)
+    torch.testing.assert_close(abet, -torch.logsumexp(out["logits"], dim=1))
+    with_front_t = -out["temperature"][:, 0] * torch.logsumexp(out["logits"], dim=1)
+    assert not torch.allclose(abet, with_front_t)
     # any module: the helper falls back to {"logits": model(x)}
     plain = nn.Conv2d(3, 2, 1)
     assert list(forward_with_extras(plain, x)) == ["logits"]

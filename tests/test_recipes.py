@@ -97,7 +97,7 @@ EXPECTED = {
     "streethazards": (["seg/mIoU", "ood/entropy/AUPR/pooled", "ood/msp/FPR95/per-image"], ["seg/IoU/unknown"]),
     "abet": (
         ["seg/mIoU", "seg/IoU/road", "synthetic-lostandfound/ood/abet/AUPR/pooled",
-         "synthetic-roadanomaly/ood/energy/FPR95/pooled", "synthetic-roadanomaly/ood/entropy/AUROC/pooled"],
+         "synthetic-roadanomaly/ood/msp/FPR95/pooled", "synthetic-roadanomaly/ood/entropy/AUROC/pooled"],
         ["ood/abet/AUPR/pooled", "synthetic-lostandfound/seg/mIoU", "synthetic-roadanomaly/ood/abet/AUPR/per-image"],
     ),
     "bdd100k-unet": (["seg/mIoU", "seg/F1/unknown", "seg/IoU/unknown", "seg/mean_F1", "seg/pixel_accuracy"],

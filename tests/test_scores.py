@@ -83,7 +83,10 @@ def test_pans_and_abet():
     logits = torch.tensor([10.0, -10.0, 0.0]).view(1, 3, 1, 1)  # cosine logits at scale 10
     scores = compute_scores(logits, ("pans", "abet", "energy"))
     assert scores["pans"].item() == pytest.approx(0.0)  # on a prototype: least anomalous
-    assert torch.equal(scores["abet"], scores["energy"])  # no temperature: AbeT is energy
-    untempered = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
-    abet = compute_scores(logits, ("abet",), extras={"untempered_logits": untempered})["abet"]
-    assert abet.item() == pytest.approx(-math.log(math.e + 2))
+    assert torch.equal(scores["abet"], scores["energy"])  # AbeT is the energy of the head's logits
+    # The AbeT head's logits are cos / T: the same cosines under a lower (more confident) temperature
+    # give a lower score, and the value is -logsumexp(cos / T) (no T in front).
+    cosine = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
+    confident, unsure = (compute_scores(cosine / t, ("abet",))["abet"].item() for t in (0.25, 1.0))
+    assert unsure == pytest.approx(-math.log(math.e + 2))
+    assert confident == pytest.approx(-math.log(math.exp(4) + 2)) and confident < unsure

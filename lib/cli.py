@@ -9,13 +9,19 @@ from collections.abc import Callable
 from typing import Any
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line - the flag, the value and the valid ones, as
+    argparse words them - instead of the full usage (dozens of lines for the run flags)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (--help explains every flag)\n")
+
+
 def script_parser(doc: str) -> argparse.ArgumentParser:
     """An ArgumentParser whose help shows a script's docstring: the first line as the description,
-    the rest (examples, notes) verbatim after the flags."""
+    the rest (examples, notes) verbatim after the flags. Usage errors are one line (exit code 2)."""
     first, _, rest = doc.partition("\n")
-    return argparse.ArgumentParser(
-        description=first, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    return _OneLineErrors(description=first, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 class UsageError(Exception):

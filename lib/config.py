@@ -332,7 +332,12 @@ class RunConfig:
                 raise ValueError(f"cities entry {entry!r} must read split/city, e.g. train/hamburg")
         for entry in self.test_sets:
             _check_choice("test_sets", parse_test_set(entry)[0], TEST_SETS)
-        resolve_test_sets(self.dataset, self.data_root, self.test_sets)
+        for t in resolve_test_sets(self.dataset, self.data_root, self.test_sets):
+            if t.spec.anomaly_only and not self.scores:
+                raise ValueError(
+                    f"test set {t.name!r} has anomaly labels only and scores is empty: nothing would be "
+                    f"measured on it; give scores (e.g. --scores {' '.join(SCORES)}) or leave the set out"
+                )
         if self.scale_range is not None and (
             len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]
         ):

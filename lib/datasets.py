@@ -20,7 +20,8 @@ BDD100K 10K semantic segmentation (root = the ``bdd100k`` folder), two layouts, 
     older:   seg/images/{train,val,test}/{name}.jpg    seg/labels/{train,val}/{name}_train_id.png
 
   Label PNGs hold train ids 0..18 directly and 255 = unknown: ignored by default, or class 19
-  ("unknown") with ``unknown_as_class=True`` as the BDD seed did. The test split has no labels.
+  ("unknown") with ``unknown_as_class=True`` as the BDD seed did. The release's test split has no
+  labels (the generated stand-in's has).
 
 LostAndFound (Cityscapes-style; root holds ``leftImg8bit/`` and ``gtCoarse/``)::
 
@@ -299,14 +300,14 @@ class BDD100K(SegmentationDataset):
 
     Args:
         root: the ``bdd100k`` folder (holding ``images/10k`` + ``labels/sem_seg``, or ``seg/``).
-        split: ``train`` or ``val``.
+        split: ``train``, ``val``, or ``test`` where it has labels (the stand-in's; the release has none).
         layout: ``"10k"`` (current), ``"seg"`` (older) or ``"auto"`` (the one present; current first).
         unknown_as_class: map the unknown value 255 to class 19 ("unknown") instead of ignoring it.
         transforms, limit: as in `lib.data.SegmentationDataset`.
     """
 
     name = "BDD100K"
-    splits = ("train", "val")
+    splits = ("train", "val", "test")
     download_hint = (
         "Download 10k_images_{train,val}.zip and bdd100k_sem_seg_labels_trainval.zip from the BDD100K "
         "site and unzip them so that data_root holds images/10k and labels/sem_seg"
@@ -322,10 +323,6 @@ class BDD100K(SegmentationDataset):
         transforms: Callable | None = None,
         limit: int | None = None,
     ) -> None:
-        if split == "test":
-            raise DatasetError(
-                "BDD100K publishes no labels for its test split (images/10k/test); evaluate on split='val'"
-            )
         if layout not in ("auto", *BDD100K_LAYOUTS):
             raise DatasetError(
                 f"unknown BDD100K layout {layout!r}; valid: auto, {', '.join(BDD100K_LAYOUTS)}"
@@ -354,6 +351,11 @@ class BDD100K(SegmentationDataset):
 
     def find_samples(self) -> list[Sample]:
         _, image_dir, label_dir, suffix = self._folders()
+        if not label_dir.is_dir() and self.split == "test":
+            raise DatasetError(
+                f"BDD100K publishes no labels for its test split ({image_dir} has no {label_dir}); "
+                "evaluate on split='val'"
+            )
         if not label_dir.is_dir():
             raise DatasetError(
                 f"BDD100K label folder {label_dir} does not exist (images found in {image_dir}); "

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from lib import distributed
 from lib.config import RunConfig, config_with_overrides
 from lib.data import (
+    DatasetError,
     SegmentationDataset,
     class_pixel_counts,
     inverse_frequency_weights,
@@ -117,10 +118,17 @@ def _prepare(cfg: RunConfig, spec: DatasetSpec, root: Path, roles: list[str]) ->
         from lib.synthetic import generate
 
         height, width = cfg.image_size
-        generate(
-            spec.generated, root, n_train=cfg.n_train, n_val=cfg.n_val, n_test=cfg.n_test,
-            height=height, width=width, seed=cfg.data_seed, progress=cfg.progress,
-        )  # fmt: skip
+        try:  # the generator owns what it wrote: other sizes (a tiny run, then a demo) are regenerated
+            generate(
+                spec.generated, root, n_train=cfg.n_train, n_val=cfg.n_val, n_test=cfg.n_test,
+                height=height, width=width, seed=cfg.data_seed, progress=cfg.progress, regenerate=True,
+            )  # fmt: skip
+        except ValueError as err:  # another format, or data the generator did not write
+            where = "--data-root" if spec.name == cfg.dataset else f"{spec.name}=ROOT in --test-sets"
+            raise DatasetError(
+                f"{err} - {spec.name} is generated in the {spec.generated} format: give it a folder of its "
+                f"own with {where} (its default is {spec.default_root})"
+            ) from err
     for role in roles:
         open_split(cfg, spec, root, role).validate(decode=cfg.validate_data)
 
@@ -446,12 +454,33 @@ def results_row(
     return {
         "run": run_dir.name,
         "data": "; ".join(s.test_set.label for s in evaluation.sets),
+        "checkpoint_chosen_on": selection_split(cfg),
         "commit": git_commit(),
         "wall_seconds": round(seconds, 1),
         "test_images": evaluation.num_images,
         **config,
         **{k: round(v, 4) for k, v in evaluation.metrics.items()},
     }
+
+
+def selection_split(cfg: RunConfig) -> str:
+    """Which split chose the run's checkpoint (the best validation loss), e.g. ``cityscapes val
+    split``; ``-`` for trained weights evaluated as they are (`RunConfig.weights`)."""
+    if cfg.weights:
+        return "-"
+    return f"{cfg.dataset} {dataset_spec(cfg.dataset).splits['val']} split"
+
+
+def selection_overlap_note(cfg: RunConfig, test_set: TestSet) -> str | None:
+    """A warning when `test_set` is the very split that chose the checkpoint (Cityscapes and BDD100K
+    publish no test labels, so their val split plays both roles), else None."""
+    if cfg.weights or not test_set.is_selection_split(cfg.dataset, cfg.data_root):
+        return None
+    return (
+        f"note: the checkpoint was chosen on this same split ({selection_split(cfg)}, best validation "
+        "loss): these numbers are optimistic; hold out part of the training split as validation for an "
+        "unbiased test"
+    )
 
 
 def _as_evaluation(cfg: RunConfig, evaluation: Evaluation | EvaluationResult) -> Evaluation:
@@ -656,6 +685,8 @@ def report_run(
     for s in evaluation.sets:
         print(f"\nResults on the {s.test_set.label} ({s.result.num_images} images, {seconds:.0f} s):")
         print(results_table(s.result.metrics, cfg.scores))
+        if note := selection_overlap_note(cfg, s.test_set):
+            print(note)
     print(
         f"\nrun folder: {run_dir}"
         + (f"   results row: {Path(cfg.out_dir) / results_csv}" if results_csv else "")

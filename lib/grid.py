@@ -335,7 +335,7 @@ def run_grid(
     out = Path(items[0].config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / f"{grid.name}.csv"
-    with _lock(out / f".{grid.name}.lock"):
+    with runner_lock(out / f".{grid.name}.lock"):
         done = {r["run"]: r for r in read_rows(csv_path)}
         _check_unchanged(grid, items, done, out)
         todo = [item for item in items if item.name not in done]
@@ -373,9 +373,9 @@ class GridLockedError(RuntimeError):
 
 
 @contextlib.contextmanager
-def _lock(path: Path):
-    """Hold an exclusive lock on `path` for one runner per grid and folder (released at exit,
-    also when the process is killed)."""
+def runner_lock(path: Path, *, what: str = "this grid"):
+    """Hold an exclusive lock on `path` for one runner per grid (or recipe table) and folder
+    (released at exit, also when the process is killed)."""
     import fcntl
 
     with path.open("w") as handle:
@@ -383,7 +383,7 @@ def _lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as err:
             raise GridLockedError(
-                f"another runner is working on this grid (it holds {path}); wait for it or stop it"
+                f"another runner is working on {what} (it holds {path}); wait for it or stop it"
             ) from err
         yield
 

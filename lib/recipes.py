@@ -317,6 +317,18 @@ def presets() -> dict[str, dict[str, Any]]:
     return out
 
 
+def preset_settings(name: str) -> dict[str, Any]:
+    """The settings of the preset called `name` (a copy; see `presets`).
+
+    Raises:
+        ValueError: an unknown name; the message lists the valid ones.
+    """
+    every = presets()
+    if name not in every:
+        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(every)}")
+    return dict(every[name])
+
+
 def preset_help() -> str:
     """One paragraph naming every preset, for the scripts' --preset help."""
     recipes = "; ".join(f"{r.name}: {r.summary}" for r in RECIPES.values())
@@ -329,4 +341,13 @@ def preset_help() -> str:
     )
 
 
-__all__ = ["DEMO_SIZE", "RECIPES", "REFERENCE_RECIPE", "TINY_SIZE", "Recipe", "preset_help", "presets"]
+__all__ = [
+    "DEMO_SIZE",
+    "RECIPES",
+    "REFERENCE_RECIPE",
+    "TINY_SIZE",
+    "Recipe",
+    "preset_help",
+    "preset_settings",
+    "presets",
+]

@@ -13,9 +13,9 @@ name                        loader        classes  anomaly     test split
 synthetic                   streethazards 13       13          test (generated)
 streethazards               streethazards 13       13          test (t5, t6)
 cityscapes                  cityscapes    19       -           val (its test labels are placeholders)
-synthetic-cityscapes        cityscapes    19       -           val (generated)
+synthetic-cityscapes        cityscapes    19       -           test (generated, labelled)
 bdd100k                     bdd100k       19 (20)  -           val (its test split has no labels)
-synthetic-bdd100k           bdd100k       19 (20)  -           val (generated)
+synthetic-bdd100k           bdd100k       19 (20)  -           test (generated, labelled)
 lostandfound                lostandfound  2        1           test (anomaly-only: road vs obstacle)
 synthetic-lostandfound      lostandfound  2        1           test (generated)
 roadanomaly                 roadanomaly   2        1           test (anomaly-only)
@@ -28,6 +28,7 @@ BDD100K predicts 20 classes when its unknown label (255) is kept as class 19 (``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from lib.classes import (
     ANOMALY_EVAL_CLASSES,
@@ -90,8 +91,12 @@ class DatasetSpec:
         return known
 
 
-def _pair(name: str, real_root: str, description: str, **common) -> dict[str, DatasetSpec]:
-    """The real dataset and its generated stand-in (``synthetic-<name>``, same loader and format)."""
+def _pair(
+    name: str, real_root: str, description: str, *, standin_splits: dict[str, str] | None = None, **common
+) -> dict[str, DatasetSpec]:
+    """The real dataset and its generated stand-in (``synthetic-<name>``, same loader and format;
+    `standin_splits` where its splits play other roles than the real ones)."""
+    standin = {**common, "splits": standin_splits or common["splits"]}
     return {
         name: DatasetSpec(name, default_root=real_root, description=description, **common),
         f"synthetic-{name}": DatasetSpec(
@@ -99,7 +104,7 @@ def _pair(name: str, real_root: str, description: str, **common) -> dict[str, Da
             default_root=f"data/synthetic-{name}",
             generated=common["loader"],
             description=f"the project's generated scenes written in the {description} format (no download)",
-            **common,
+            **standin,
         ),
     }
 
@@ -111,8 +116,12 @@ _STREETHAZARDS = dict(
     anomaly_id=ANOMALY_ID,
     splits={"train": "train", "val": "val", "test": "test"},
 )
+#: Cityscapes and BDD100K publish no usable test labels: their val split plays the test role too
+#: (the checkpoint is then chosen on the images it is scored on; runs say so). Their stand-ins have a
+#: labelled test split of their own.
 _CITY = dict(classes=CITYSCAPES_CLASSES, num_known=len(CITYSCAPES_CLASSES), anomaly_id=None,
-             splits={"train": "train", "val": "val", "test": "val"})  # fmt: skip
+             splits={"train": "train", "val": "val", "test": "val"},
+             standin_splits={"train": "train", "val": "val", "test": "test"})  # fmt: skip
 _ANOMALY_SET = dict(classes=ANOMALY_EVAL_CLASSES, num_known=None, anomaly_id=EVAL_ANOMALY_ID,
                     splits={"test": "test"})  # fmt: skip
 
@@ -173,8 +182,19 @@ class TestSet:
 
     @property
     def label(self) -> str:
-        """How tables and rows name it, e.g. ``synthetic-cityscapes val split``."""
+        """How tables and rows name it, e.g. ``synthetic-cityscapes test split``."""
         return f"{self.name} {self.spec.splits['test']} split"
+
+    def is_selection_split(self, dataset: str, data_root: str) -> bool:
+        """Whether these are the very images that chose the checkpoint of a run trained on `dataset`
+        at `data_root`: its val split, which also plays the test role where the dataset has no test
+        labels (Cityscapes, BDD100K)."""
+        own = dataset_spec(dataset)
+        return (
+            self.spec.loader == own.loader
+            and Path(self.root).resolve() == Path(data_root).resolve()
+            and self.spec.splits.get("test") == own.splits.get("val")
+        )
 
 
 def parse_test_set(text: str) -> tuple[str, str | None]:

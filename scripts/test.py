@@ -121,6 +121,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> int:
         make_model,
         prepare_data,
         results_row,
+        selection_overlap_note,
     )
     from lib.test import results_table
     from lib.train import load_checkpoint
@@ -161,6 +162,8 @@ def evaluate_checkpoint(args: argparse.Namespace) -> int:
     for s in evaluation.sets:
         print(f"\nResults on the {s.test_set.label} ({s.result.num_images} images, {seconds:.0f} s):")
         print(results_table(s.result.metrics, cfg.scores))
+        if note := selection_overlap_note(cfg, s.test_set):
+            print(note)
     print(f"\nresults row: {Path(cfg.out_dir) / 'results.csv'}   metrics: {out}")
     return 0
 

@@ -245,6 +245,7 @@ def test_bdd100k_layouts(tmp_path):
     assert len(BDD100K(tmp_path, "val", layout="seg")) == 2
     with pytest.raises(DatasetError, match="unknown BDD100K layout 'new'; valid: auto, 10k, seg"):
         BDD100K(tmp_path, "val", layout="new")
+    (tmp_path / "images" / "10k" / "test").mkdir()  # the release: test images, no test labels
     with pytest.raises(DatasetError, match="no labels for its test split"):
         BDD100K(tmp_path, "test")
 

@@ -176,6 +176,12 @@ def test_notebook_runs_top_to_bottom(tmp_path):
         assert [row["run"] for row in csv.DictReader(f)] == ["run_0", "run_0"]
     with open(tmp_path / "ckpts" / "mini.csv", newline="") as f:  # the second pass skipped both runs
         assert sorted(row["run"] for row in csv.DictReader(f)) == mini_runs
+    with open(tmp_path / "ckpts" / "recipes.csv", newline="") as f:  # the recipe table's tiny call, once
+        assert [(row["recipe"], row["run"]) for row in csv.DictReader(f)] == [("pans", "pans-tiny")]
+    assert (
+        "| pans | `python scripts/main.py --preset pans-tiny`"
+        in (tmp_path / "ckpts" / "recipes.md").read_text()
+    )
     # Evaluation only (the streethazards-reference path, with run_0's best weights as the file):
     # no training, a new run folder, and run_0's numbers again.
     # The evaluation options reach the notebook's run through OVERRIDES: component metrics here
@@ -229,3 +235,20 @@ def test_notebook_runs_a_recipe_on_its_offline_stand_in(tmp_path):
         "synthetic-roadanomaly test split" in text
         and "deeplabv3plus mobilenet_v2 with abet head, 19 classes" in text
     )
+
+
+def test_an_unknown_notebook_preset_stops_at_once_naming_the_valid_ones(tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    env = {"NOTEBOOK_PRESET": "abet-huge", "NOTEBOOK_OUT_DIR": str(tmp_path / "ckpts"), "MPLBACKEND": "Agg"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        nb = nbformat.read(ROOT / "main.ipynb", as_version=4)
+        with pytest.raises(nbclient.exceptions.CellExecutionError) as err:
+            nbclient.NotebookClient(nb, timeout=120, resources={"metadata": {"path": str(ROOT)}}).execute()
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    assert "unknown preset 'abet-huge'; valid presets: demo, grid, tiny" in str(err.value)
+    assert "abet-tiny" in str(err.value) and not (tmp_path / "ckpts").exists()

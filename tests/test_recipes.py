@@ -128,6 +128,9 @@ def test_every_recipe_runs_tiny_end_to_end(name, work, capsys):
         if t.prefix:  # every other set has its own figures
             assert (run_dir / t.name / "example_0.png").is_file()
     assert all(float(row[k]) == pytest.approx(v, abs=1e-4, nan_ok=True) for k, v in metrics.items())
+    # honest splits: val chose the checkpoint, a split of its own gave the numbers
+    assert row["checkpoint_chosen_on"] == f"{cfg.dataset} val split"
+    assert f"{cfg.dataset} val split" not in row["data"] and "chosen on this same split" not in out
     assert (run_dir / "example_0.png").is_file() and (run_dir / "history.png").is_file()
     if name == "bdd100k-unet":  # unknown (255) trained as a 20th class
         import torch
@@ -186,16 +189,96 @@ def test_bad_settings_end_in_one_line_naming_the_value(argv, message, tmp_path, 
     assert not (tmp_path / "out").exists()
 
 
-def test_unknown_recipe_and_dataset_list_the_valid_ones(capsys):
-    from scripts.main import main
-
-    for argv, valid in (
-        (["--preset", "abet-huge"], "abet-tiny"),
-        (["--dataset", "kitti"], "synthetic-cityscapes"),
+@pytest.mark.parametrize("script", ["main", "train", "test"])
+def test_unknown_names_at_the_cli_end_in_one_line_listing_the_valid_ones(script, capsys):
+    main = __import__(f"scripts.{script}", fromlist=["main"]).main
+    dataset_flag = "--dataset" if script == "main" else "--data"
+    for argv, value, valid in (
+        (["--preset", "no-such-recipe"], "'no-such-recipe'", "abet-tiny"),
+        ([dataset_flag, "kitti"], "'kitti'", "synthetic-cityscapes"),
+        (["--backbone", "vgg16"], "'vgg16'", "mobilenet_v2"),
+        (["--scores", "odin"], "'odin'", "maxlogit"),
     ):
+        if script != "main" and argv[0] == "--preset" and script == "train":
+            continue  # scripts/train.py takes the reference recipe, no --preset
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
-        assert exit_info.value.code == 2 and valid in capsys.readouterr().err
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+        assert value in err and valid in err and "--help" in err
+
+
+def test_anomaly_sets_need_a_score_and_say_so_in_one_line(tmp_path, capsys):
+    """bdd100k-unet has no anomaly scores: asking for LostAndFound numbers is refused up front."""
+    from scripts.main import main
+
+    argv = ["--preset", "bdd100k-unet-tiny", "--out-dir", str(tmp_path / "out"),
+            "--test-sets", "synthetic-bdd100k", f"synthetic-lostandfound={tmp_path / 'laf'}"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'synthetic-lostandfound' has anomaly labels only" in err
+    assert "--scores msp" in err and not (tmp_path / "out").exists() and not (tmp_path / "laf").exists()
+
+
+@pytest.mark.slow
+def test_tiny_then_demo_sized_data_share_a_root_both_ways(tmp_path, capsys):
+    """The generator owns the stand-ins it wrote: a run asking for other sizes regenerates them (one
+    line says so), in either order; a root in another format, or data it did not write, is refused in
+    one line that names a flag the command has."""
+    from lib.data import DatasetError
+    from lib.experiment import prepare_data
+    from lib.synthetic import MARKER_FILE, generate
+
+    root = tmp_path / "cs"
+    small = RunConfig(**{**presets()["cityscapes-fcn-tiny"], "data_root": str(root), "progress": False})
+    larger = small.replace(n_train=10, n_val=3, n_test=5)
+    for cfg in (small, larger, small):
+        prepare_data(cfg)
+        params = json.loads((root / MARKER_FILE).read_text())["params"]
+        assert (params["n_train"], params["n_val"], params["n_test"]) == (cfg.n_train, cfg.n_val, cfg.n_test)
+        assert len(list((root / "leftImg8bit" / "train" / "hamburg").iterdir())) == cfg.n_train
+    assert capsys.readouterr().err.count("regenerating the generated dataset there") == 2
+
+    other = tmp_path / "sh"
+    generate("streethazards", other, n_train=1, n_val=1, n_test=1, height=32, width=64, progress=False)
+    with pytest.raises(DatasetError, match=r"streethazards format, not cityscapes.*--data-root") as err:
+        prepare_data(small.replace(data_root=str(other)))
+    assert "\n" not in str(err.value) and "--overwrite" not in str(err.value).split(" - ")[1]
+    foreign = tmp_path / "real"
+    (foreign / "gtFine").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="did not write"):
+        prepare_data(small.replace(data_root=str(foreign)))
+    assert not (foreign / "leftImg8bit").exists()
+
+    from scripts.main import main
+
+    capsys.readouterr()
+    assert (
+        main(["--preset", "cityscapes-fcn-tiny", "--data-root", str(other), "--out-dir", str(tmp_path / "o")])
+        == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--data-root" in err, err
+
+
+@pytest.mark.slow
+def test_a_dataset_without_test_labels_says_its_checkpoint_split_is_the_test_split(tmp_path, capsys):
+    """Real Cityscapes: val chooses the checkpoint and gives the numbers; the row names the split that
+    chose it and the printed results flag the overlap (here on a generated root in its layout)."""
+    from lib.synthetic import generate
+    from scripts.main import main
+
+    root = tmp_path / "cityscapes"
+    generate("cityscapes", root, n_train=4, n_val=2, n_test=1, height=64, width=128, progress=False)
+    argv = ["--preset", "cityscapes-fcn-tiny", "--dataset", "cityscapes", "--data-root", str(root),
+            "--out-dir", str(tmp_path / "out"), "--no-progress", "--no-tensorboard"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "Results on the cityscapes val split" in out
+    assert "note: the checkpoint was chosen on this same split (cityscapes val split" in out
+    with open(tmp_path / "out" / "results.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["checkpoint_chosen_on"] == "cityscapes val split" and row["data"] == "cityscapes val split"
 
 
 def test_a_root_in_another_format_says_which_format_it_looks_like(tmp_path, capsys):
@@ -231,3 +314,58 @@ def test_the_registry_classes_are_the_official_cityscapes_ones():
     assert cityscapes_label_table()[1] == CITYSCAPES_CLASSES
     assert REGISTRY["bdd100k"].known_classes(unknown_as_class=True)[-1] == "unknown"
     assert len(REGISTRY["streethazards"].known_classes()) == 13
+
+
+@pytest.mark.slow
+def test_the_recipe_table_command_runs_skips_and_continues(tmp_path, capsys):
+    """scripts/recipes.py: one row per recipe in recipes.csv and the Markdown table; run again, it
+    runs nothing; with a row lost after a kill, it continues that run from its checkpoint."""
+    from scripts.recipes import main
+
+    argv = ["--size", "tiny", "--recipes", "pans", "abet", "--out-dir", str(tmp_path),
+            "--data-dir", str(tmp_path / "data"), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    csv_path = tmp_path / "recipes.csv"
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["recipe"], r["run"], r["resumed"]) for r in rows] == [("pans", "pans-tiny", "False"),
+                                                                     ("abet", "abet-tiny", "False")]  # fmt: skip
+    table = (tmp_path / "recipes.md").read_text()
+    assert table.startswith("Synthetic-data results") and "not numbers of the real datasets" in table
+    pans, abet = rows
+    line = next(
+        x for x in table.splitlines() if x.startswith("| pans | `python scripts/main.py --preset pans-tiny`")
+    )
+    numbers = " / ".join(f"{float(pans[f'ood/pans/{m}/per-image']):.1f}" for m in ("AUPR", "AUROC", "FPR95"))
+    assert (
+        f"synthetic test split: mIoU {float(pans['seg/mIoU']):.1f}, pans AUPR / AUROC / FPR95 {numbers}"
+        in line
+    )
+    assert pans["commit"] in line and RECIPES["pans"].published in line
+    line = next(x for x in table.splitlines() if x.startswith("| abet |"))
+    assert (
+        "synthetic-cityscapes test split: mIoU" in line
+        and "synthetic-lostandfound test split: abet AUPR" in line
+    )
+    aupr = float(abet["synthetic-roadanomaly/ood/abet/AUPR/pooled"])
+    assert f"synthetic-roadanomaly test split: abet AUPR / AUROC / FPR95 {aupr:.1f} / " in line
+
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "2 done, 0 to run" in capsys.readouterr().out
+    # killed after abet's last checkpoint, before its row: the next start continues it
+    with open(csv_path, newline="") as f:
+        kept = [r for r in csv.DictReader(f) if r["recipe"] != "abet"]
+    from lib.utils import write_csv
+
+    write_csv(csv_path, kept)
+    assert main(argv) == 0
+    assert "abet-tiny (continuing from its last checkpoint)" in capsys.readouterr().out
+    with open(csv_path, newline="") as f:
+        assert [(r["recipe"], r["resumed"]) for r in csv.DictReader(f)] == [
+            ("pans", "False"),
+            ("abet", "True"),
+        ]
+    assert main(["--table", "--out-dir", str(tmp_path)]) == 0
+    assert "| abet |" in capsys.readouterr().out
+    assert main(["--table", "--out-dir", str(tmp_path / "none")]) == 2

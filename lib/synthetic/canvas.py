@@ -33,6 +33,15 @@ CAR = class_id("car")
 WALL = class_id("wall")
 TRAFFIC_SIGN = class_id("traffic sign")
 ANOMALY = ANOMALY_ID
+#: Classes that Cityscapes (and BDD100K) have and StreetHazards has not; the scenes of the Cityscapes
+#: vocabulary (``render_layers(classes="cityscapes")``) draw them too, labelled with the ids after
+#: the anomaly's (14..21). Grass is terrain there (vegetation keeps trees, bushes and hedges).
+EXTRA_CLASSES: tuple[str, ...] = (
+    "traffic light", "terrain", "rider", "truck", "bus", "train", "motorcycle", "bicycle",
+)  # fmt: skip
+TRAFFIC_LIGHT, TERRAIN, RIDER, TRUCK, BUS, TRAIN, MOTORCYCLE, BICYCLE = range(
+    ANOMALY_ID + 1, ANOMALY_ID + 1 + len(EXTRA_CLASSES)
+)
 
 # Colour palettes (RGB). Known classes draw from their own subset; anomalies from all of them.
 _PALETTES: dict[str, tuple[tuple[int, int, int], ...]] = {
@@ -205,8 +214,18 @@ class _Camera:
 class _Canvas:
     """Float RGB image + train-id label painted with the same polygon masks."""
 
-    def __init__(self, rng: np.random.Generator, h: int, w: int, haze: np.ndarray, haze_dist: float):
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        h: int,
+        w: int,
+        haze: np.ndarray,
+        haze_dist: float,
+        *,
+        grass: int = VEGETATION,
+    ):
         self.rng, self.h, self.w = rng, h, w
+        self.grass = grass  # the label of grass: vegetation (StreetHazards) or terrain (Cityscapes)
         self.image = np.zeros((h, w, 3), np.float32)
         self.label = np.zeros((h, w), np.uint8)
         self.haze_color, self.haze_dist = haze, haze_dist

@@ -3,8 +3,8 @@
 Formats (each module's docstring shows the layout it writes and its label mapping)::
 
     streethazards  train, val, test (n_train, n_val, n_test)        lib.synthetic.streethazards
-    cityscapes     train/hamburg, val/frankfurt (n_train, n_val)    lib.synthetic.cityscapes
-    bdd100k        train, val (n_train, n_val)                      lib.synthetic.bdd100k
+    cityscapes     train/hamburg, val/frankfurt, test/berlin        lib.synthetic.cityscapes
+    bdd100k        train, val, test                                 lib.synthetic.bdd100k
     lostandfound   test, anomaly-only (n_test)                      lib.synthetic.lostandfound
     roadanomaly    one flat folder, anomaly-only (n_test)           lib.synthetic.roadanomaly
 """
@@ -37,15 +37,16 @@ def generate(
     seed: int = 0,
     workers: int | None = None,
     overwrite: bool = False,
+    regenerate: bool = False,
     progress: bool = True,
 ) -> dict:
     """Write the generated scenes at `root` in `format` (skipped when already complete).
 
     ``streethazards`` is `generate_streethazards` (train, val and a test split with anomalies). The
     others are offline stand-ins of real datasets, read by the loaders of `lib.datasets`:
-    ``cityscapes`` and ``bdd100k`` write ``n_train`` training and ``n_val`` validation scenes and
-    ignore ``n_test`` (their val split doubles as the test split in the reference workflows: the
-    real test labels are placeholders or unpublished); ``lostandfound`` and ``roadanomaly`` are
+    ``cityscapes`` and ``bdd100k`` write ``n_train`` training, ``n_val`` validation and ``n_test``
+    labelled test scenes (the real releases have no usable test labels; the stand-ins do, so that the
+    split that chooses the checkpoint is not the one reported); ``lostandfound`` and ``roadanomaly`` are
     anomaly-only evaluation sets of ``n_test`` test scenes, each with an anomaly, and ignore
     ``n_train`` and ``n_val``. Each marks its root with ``synthetic.json``, written last.
 
@@ -54,12 +55,15 @@ def generate(
         root: output folder (created if needed).
         n_train: training images (>= 1) where the format has a train split.
         n_val: validation images (>= 0) where the format has a val split.
-        n_test: test images (>= 0 for streethazards, >= 1 for the anomaly-only formats).
+        n_test: test images (>= 0 for streethazards, >= 1 for the others).
         height: image height in pixels (>= 32).
         width: image width in pixels (>= 32).
         seed: generator seed; image i of a split depends only on (seed, split, i).
         workers: render processes; None = min(2, CPU count).
         overwrite: regenerate even if `root` holds other data (the format's folders are replaced).
+        regenerate: regenerate a dataset this generator wrote at `root` in `format` with other
+            parameters (what a run does: the generator owns the data it wrote); data it did not
+            write, or in another format, is still refused.
         progress: show a progress bar on stderr.
 
     Returns:
@@ -72,7 +76,7 @@ def generate(
             `root` holds another dataset, format or parameters and `overwrite` is False.
     """
     common = dict(n_train=n_train, n_val=n_val, n_test=n_test, height=height, width=width, seed=seed,
-                  workers=workers, overwrite=overwrite, progress=progress)  # fmt: skip
+                  workers=workers, overwrite=overwrite, regenerate=regenerate, progress=progress)  # fmt: skip
     if format == "streethazards":
         return generate_streethazards(root, **common)
     if format not in STANDINS:

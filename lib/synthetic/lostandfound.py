@@ -11,7 +11,7 @@ frame)::
     leftImg8bit/test/02_Synthetic_Street_2/02_Synthetic_Street_2_000000_000000_leftImg8bit.png
     synthetic.json
 
-Scene k of the test split (`lib.synthetic.render_scene`) is image k % 10 of folder k // 10; test
+Scene k of its own test stream (stream 1, `lib.synthetic.standin`) is image k % 10 of folder k // 10; test
 scenes without an anomaly pixel are skipped, so every image holds an obstacle. Only the test split
 is written (``n_test`` images).
 
@@ -65,4 +65,5 @@ STANDIN = StandIn(
     folders=("leftImg8bit/test", "gtCoarse/test"),
     markers=("leftImg8bit", "gtCoarse"),
     write=_write,
+    stream=1,
 )

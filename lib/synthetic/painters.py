@@ -87,7 +87,7 @@ def _draw_ground(cv: _Canvas, rng: np.random.Generator, cam: _Camera, lay: _Layo
     n = 24 if cam.curve else 2
     # Base ground beyond the property lines, up to the horizon.
     kind = rng.choice(3, p=[0.5, 0.35, 0.15])
-    base_cls, palette = [(VEGETATION, "grass"), (SIDEWALK, "pavement"), (UNLABELED, "stone")][int(kind)]
+    base_cls, palette = [(cv.grass, "grass"), (SIDEWALK, "pavement"), (UNLABELED, "stone")][int(kind)]
     base_color = cv.hazed(_color(rng, palette), 25.0)
     ground = cam.below_horizon(cv.w, cv.h)
     cv.fill([ground], base_cls, base_color, tex=(0.05, 0.1, 0.1))
@@ -100,7 +100,7 @@ def _draw_ground(cv: _Canvas, rng: np.random.Generator, cam: _Camera, lay: _Layo
             color = _color(rng, "grass" if green else "pavement")
             cv.fill(
                 [cam.ground(prop, walk, z0, z1, n)],
-                VEGETATION if green else SIDEWALK,
+                cv.grass if green else SIDEWALK,
                 color,
                 tex=(0.06, 0.12, 0.08),
             )
@@ -399,7 +399,21 @@ def _sign(cv: _Canvas, rng: np.random.Generator, cam: _Camera, X: float, Z: floa
         cv.fill([cam.upright(X, Z, sym)], TRAFFIC_SIGN, inner * 0.3, tex=(0.02, 0.02, 0.02), label=False)
 
 
-def _pedestrian(cv: _Canvas, rng: np.random.Generator, cam: _Camera, X: float, Z: float):
+def _pedestrian(
+    cv: _Canvas,
+    rng: np.random.Generator,
+    cam: _Camera,
+    X: float,
+    Z: float,
+    *,
+    label: int = PEDESTRIAN,
+    lift: float = 0.0,
+):
+    """A person standing or walking; `label` and `lift` (metres above the ground) paint a rider."""
+
+    def upright(X: float, Z: float, local: np.ndarray) -> np.ndarray:
+        return cam.upright(X, Z, local + (0.0, lift) if lift else local)
+
     s = float(rng.uniform(1.5, 1.95)) / 1.75
     shirt = cv.hazed(_color(rng, "cloth"), Z)
     pants = cv.hazed(_color(rng, "cloth"), Z)
@@ -420,7 +434,7 @@ def _pedestrian(cv: _Canvas, rng: np.random.Generator, cam: _Camera, X: float, Z
                 [[top - leg_w / 2, hip], [top + leg_w / 2, hip], [foot + leg_w / 2, 0], [foot - leg_w / 2, 0]]
             )
         )
-    cv.fill([cam.upright(X, Z, p) for p in polys], PEDESTRIAN, pants, tex=tex)
+    cv.fill([upright(X, Z, p) for p in polys], label, pants, tex=tex)
     torso = np.array(
         [
             [-body_w, shoulder],
@@ -448,28 +462,26 @@ def _pedestrian(cv: _Canvas, rng: np.random.Generator, cam: _Camera, X: float, Z
             )
         )
     cv.fill(
-        [cam.upright(X, Z, a) for a in arms] + [cam.upright(X, Z, torso)],
-        PEDESTRIAN,
+        [upright(X, Z, a) for a in arms] + [upright(X, Z, torso)],
+        label,
         shirt,
         tex=tex,
         vgrad=0.15,
     )
     if cam.f * s * 1.75 / Z < 10.0:  # a few pixels tall: a head is enough
-        cv.fill(
-            [cam.upright(X, Z, _ellipse(0.0, 1.62 * s, 0.1 * s, 0.13 * s, n=8))], PEDESTRIAN, skin, tex=tex
-        )
+        cv.fill([upright(X, Z, _ellipse(0.0, 1.62 * s, 0.1 * s, 0.13 * s, n=8))], label, skin, tex=tex)
         return
-    hands = [cam.upright(X, Z, _ellipse(a[2:, 0].mean(), 0.8 * s, 0.045 * s, 0.05 * s, n=8)) for a in arms]
-    cv.fill(hands, PEDESTRIAN, skin, tex=(0.02, 0.02, 0.02))
+    hands = [upright(X, Z, _ellipse(a[2:, 0].mean(), 0.8 * s, 0.045 * s, 0.05 * s, n=8)) for a in arms]
+    cv.fill(hands, label, skin, tex=(0.02, 0.02, 0.02))
     neck = _rect(-0.05 * s, shoulder - 0.02, 0.05 * s, shoulder + 0.08 * s)
     head = _ellipse(0.0, 1.62 * s, 0.1 * s, 0.125 * s, n=14)
-    cv.fill([cam.upright(X, Z, neck), cam.upright(X, Z, head)], PEDESTRIAN, skin, tex=(0.02, 0.03, 0.02))
+    cv.fill([upright(X, Z, neck), upright(X, Z, head)], label, skin, tex=(0.02, 0.03, 0.02))
     cap = _ellipse(0.0, 1.67 * s, 0.105 * s, 0.085 * s, n=12)
-    cv.fill([cam.upright(X, Z, cap)], PEDESTRIAN, hair, tex=(0.03, 0.03, 0.02))
+    cv.fill([upright(X, Z, cap)], label, hair, tex=(0.03, 0.03, 0.02))
     if rng.random() < 0.3:  # bag
         bx = (1 if rng.random() < 0.5 else -1) * (body_w + 0.08 * s)
         bag = _rect(bx - 0.12 * s, 0.75 * s, bx + 0.12 * s, 1.05 * s)
-        cv.fill([cam.upright(X, Z, bag)], PEDESTRIAN, cv.hazed(_color(rng, "cloth"), Z), tex=tex)
+        cv.fill([upright(X, Z, bag)], label, cv.hazed(_color(rng, "cloth"), Z), tex=tex)
 
 
 def _car(cv: _Canvas, rng: np.random.Generator, cam: _Camera, X: float, Z: float, front: bool):

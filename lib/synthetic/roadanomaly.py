@@ -7,7 +7,7 @@ Layout written (root = the folder given; one flat folder of images, one of masks
     images/synthetic_street_000001.jpg   labels_masks/synthetic_street_000001_labels_semantic.png
     synthetic.json
 
-The number is the index of the test scene (`lib.synthetic.render_scene`); test scenes without an
+The number is the index of the test scene on its own stream (stream 2, `lib.synthetic.standin`); scenes without an
 anomaly pixel are skipped, so every mask holds a 1 - which the loader's ``label_values="auto"``
 relies on to tell this encoding from the binary 0/255 one. ``n_test`` images are written.
 
@@ -46,4 +46,5 @@ STANDIN = StandIn(
     folders=("images", "labels_masks"),
     markers=("images", "labels_masks", "original", "labels"),
     write=_write,
+    stream=2,
 )

@@ -14,6 +14,13 @@ colours come from the same palettes the known objects use, so colour alone does 
 Labels are StreetHazards train ids (`lib.classes.STREETHAZARDS_CLASSES`): 0 "unlabeled" is the
 sky and, in some scenes, bare paved ground beyond the property lines (`Scene.sky` tells the two
 apart); 13 is the anomaly. The writers of each on-disk format re-encode them.
+
+Two vocabularies (`VOCABULARIES`): ``"streethazards"`` draws the 13 StreetHazards classes (the default
+dataset; its scenes never change), ``"cityscapes"`` also draws the classes Cityscapes has and
+StreetHazards has not - traffic lights, riders on bicycles and motorcycles, trucks, buses, trams,
+and grass as terrain (`lib.synthetic.extras`; label ids 14..21, `SCENE_CLASSES`) - for the Cityscapes,
+BDD100K, LostAndFound and RoadAnomaly stand-ins. A ``stream`` other than 0 draws other scenes for the
+same (seed, split, index): the anomaly-only stand-ins take scenes of their own that way.
 """
 
 from __future__ import annotations
@@ -24,8 +31,18 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from lib.classes import STREETHAZARDS_CLASSES
 from lib.synthetic.anomalies import _anomaly
-from lib.synthetic.canvas import UNLABELED, _Camera, _Canvas, _Layout, _make_layout
+from lib.synthetic.canvas import (
+    EXTRA_CLASSES,
+    TERRAIN,
+    UNLABELED,
+    VEGETATION,
+    _Camera,
+    _Canvas,
+    _Layout,
+    _make_layout,
+)
 from lib.synthetic.painters import (
     _building,
     _bush,
@@ -48,6 +65,10 @@ from lib.synthetic.painters import (
 SPLIT_CODES: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 #: Bumped whenever the drawing changes, so an old dataset is not silently reused.
 GENERATOR_VERSION = 1
+#: What a scene may draw: the StreetHazards classes, or those plus Cityscapes' own (module docstring).
+VOCABULARIES: tuple[str, ...] = ("streethazards", "cityscapes")
+#: Names of every label id a scene of either vocabulary holds (ids 14.. only in "cityscapes" scenes).
+SCENE_CLASSES: tuple[str, ...] = (*STREETHAZARDS_CLASSES, *EXTRA_CLASSES)
 
 
 @dataclass(frozen=True)
@@ -56,7 +77,8 @@ class Scene:
 
     Attributes:
         image: (H, W, 3) uint8 RGB.
-        label: (H, W) uint8 StreetHazards train ids 0..13 (anomaly = 13).
+        label: (H, W) uint8 StreetHazards train ids 0..13 (anomaly = 13); in scenes of the
+            "cityscapes" vocabulary also the ids 14..21 of `EXTRA_CLASSES` (`SCENE_CLASSES` names all).
         sky: (H, W) bool, True on the label's "unlabeled" pixels that are sky (the others are
             bare ground beyond the property lines).
     """
@@ -101,36 +123,55 @@ def render_scene(
     return scene.image, scene.label
 
 
-def render_layers(*, seed: int, split: str, index: int, height: int = 256, width: int = 512) -> Scene:
+def render_layers(
+    *,
+    seed: int,
+    split: str,
+    index: int,
+    height: int = 256,
+    width: int = 512,
+    classes: str = "streethazards",
+    stream: int = 0,
+    anomalies: bool | None = None,
+) -> Scene:
     """`render_scene`, plus the sky mask that the formats with a "sky" class need.
 
     Args:
         seed, split, index, height, width: as in `render_scene`.
+        classes: the vocabulary, one of `VOCABULARIES` (module docstring).
+        stream: 0, or another integer >= 0 for scenes of their own (module docstring).
+        anomalies: draw anomalies; default: in the test split only.
 
     Returns:
-        The `Scene`; its image and label are exactly those of `render_scene`.
+        The `Scene`; with the defaults its image and label are exactly those of `render_scene`.
 
     Raises:
-        ValueError: unknown split, negative index or too small a size.
+        ValueError: unknown split or vocabulary, negative index or stream, or too small a size.
     """
     _check_split(split)
     _check_size(height, width)
-    for name, value in (("seed", seed), ("index", index)):
+    if classes not in VOCABULARIES:
+        raise ValueError(f"unknown scene vocabulary {classes!r}; valid: {', '.join(VOCABULARIES)}")
+    for name, value in (("seed", seed), ("index", index), ("stream", stream)):
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
             raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-    rng = np.random.default_rng([int(seed), SPLIT_CODES[split], int(index)])
+    key = [int(seed), SPLIT_CODES[split], int(index)] + ([int(stream)] if stream else [])
+    rng = np.random.default_rng(key)
+    extras = classes == "cityscapes"
     h, w = int(height), int(width)
     cam = _make_camera(rng, h, w)
     lay = _make_layout(rng, h, w, cam)
     haze_dist = float(rng.uniform(120, 500))
-    cv = _Canvas(rng, h, w, np.zeros(3, np.float32), haze_dist)
+    cv = _Canvas(rng, h, w, np.zeros(3, np.float32), haze_dist, grass=TERRAIN if extras else VEGETATION)
     cv.haze_color = _draw_sky(cv, rng, cam)
     _draw_skyline(cv, rng, cam, lay)
     _draw_ground(cv, rng, cam, lay)
     _draw_lines(cv, rng, cam, lay)
 
     queue = _Queue(cv, rng, cam)
-    if split == "test":  # anomalies first, so that nothing is put right in front of them
+    if (
+        split == "test" if anomalies is None else anomalies
+    ):  # anomalies first, so that nothing is put right in front of them
         for _ in range(int(rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15]))):
             za, (xa0, xa1), paint = _anomaly(cv, rng, cam, lay)
             queue.objects.append((za, paint))
@@ -139,6 +180,10 @@ def render_layers(*, seed: int, split: str, index: int, height: int = 256, width
     _queue_property_lines(queue, rng, lay, z_max)
     _queue_sidewalk_objects(queue, rng, lay, z_max)
     _queue_traffic_and_furniture(queue, rng, lay)
+    if extras:
+        from lib.synthetic.extras import queue_extras  # it imports the painters, as this module does
+
+        queue_extras(queue, rng, lay)
     queue.paint()
 
     image = _finish(cv, rng)

@@ -7,14 +7,17 @@ function that writes one rendered scene); `generate_standin` does the rest the s
 argument checks, skip when complete, refusal of other data, the worker pool and the progress bar
 of `lib.synthetic.writing`, and ``synthetic.json`` written last with the list of files::
 
-    {"params": {"generator": "lib.synthetic", "format": "cityscapes", "version": 1, "n_train": 8,
-                "n_val": 4, "height": 256, "width": 512, "seed": 0},
+    {"params": {"generator": "lib.synthetic", "format": "cityscapes", "version": 2, "n_train": 8,
+                "n_val": 4, "n_test": 4, "height": 256, "width": 512, "seed": 0},
      "complete": true, "files": ["gtFine/train/hamburg/...", ...]}
 
-Image i of a split is the scene `lib.synthetic.render_scene` draws for (seed, split, i): the
-StreetHazards-format dataset of the same seed and size holds the same pictures. The anomaly-only
-formats render test scenes and keep only those with at least one anomaly pixel: their j-th image
-is the j-th such scene (its index is in the file name, so an index may be skipped).
+Image i of a split is the scene `lib.synthetic.render_layers` draws for (seed, split, i) in the
+Cityscapes vocabulary (every class of Cityscapes and BDD100K appears), on the format's own stream:
+the Cityscapes and BDD100K stand-ins share their scenes (stream 0; train, val and a labelled test
+split without anomalies), the LostAndFound (stream 1) and RoadAnomaly (stream 2) stand-ins each have
+test scenes of their own, none of them a picture of the StreetHazards-format test split. The
+anomaly-only formats keep only scenes with at least one anomaly pixel: their j-th image is the j-th
+such scene (its index is in the file name, so an index may be skipped).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from lib.classes import ANOMALY_ID
-from lib.synthetic.scene import GENERATOR_VERSION, Scene, _check_size, render_layers
+from lib.synthetic.scene import Scene, _check_size, render_layers
 from lib.synthetic.writing import (
     _Progress,
     check_count,
@@ -41,6 +44,10 @@ from lib.synthetic.writing import (
     write_png,
 )
 
+#: Version of the stand-ins' drawing, in their marker: bumped whenever it changes, so that an old
+#: dataset is regenerated rather than reused (2: the Cityscapes vocabulary, test splits, own streams).
+STANDIN_VERSION = 2
+
 #: Writes one rendered scene under the root: (root, split, index, seed, scene) -> the paths
 #: written, relative to the root.
 SceneWriter = Callable[[Path, str, int, int, Scene], list[str]]
@@ -53,12 +60,14 @@ class StandIn:
     Attributes:
         name: the format's name in `lib.synthetic.FORMATS`.
         layout: how messages name the real dataset (``"Cityscapes"``).
-        splits: the splits rendered and written: ``("train", "val")`` (their sizes are ``n_train``
-            and ``n_val``) or ``("test",)`` for the anomaly-only sets (size ``n_test``).
+        splits: the splits rendered and written: ``("train", "val", "test")`` (their sizes are
+            ``n_train``, ``n_val`` and ``n_test``; no anomalies) or ``("test",)`` for the anomaly-only
+            sets (size ``n_test``, an anomaly in every image).
         folders: the folders it writes, relative to the root; emptied before writing.
         markers: folders whose presence, without a ``synthetic.json``, means a dataset this
             generator did not write (refused unless overwrite).
         write: writes one scene (a module-level function: the worker pool pickles it by name).
+        stream: the scene stream it draws from (`lib.synthetic.scene`; module docstring).
     """
 
     name: str
@@ -67,6 +76,7 @@ class StandIn:
     folders: tuple[str, ...]
     markers: tuple[str, ...]
     write: SceneWriter
+    stream: int = 0
 
     @property
     def anomaly_only(self) -> bool:
@@ -88,8 +98,11 @@ def write_pair(
 def _render_and_write(task: tuple) -> tuple[str, int, list[str]] | None:
     """Render one scene and write it (worker entry point); None when an anomaly-only format gets
     a scene without anomaly pixels (nothing is written)."""
-    write, root, split, index, seed, height, width, need_anomaly = task
-    scene = render_layers(seed=seed, split=split, index=index, height=height, width=width)
+    write, root, split, index, seed, height, width, need_anomaly, stream = task
+    scene = render_layers(
+        seed=seed, split=split, index=index, height=height, width=width, classes="cityscapes",
+        stream=stream, anomalies=need_anomaly,
+    )  # fmt: skip
     if need_anomaly and not (scene.label == ANOMALY_ID).any():
         return None
     return split, index, write(Path(root), split, index, seed, scene)
@@ -119,7 +132,10 @@ def _write_all(
                     f"only {found[split]} of {tried[split]} {split} scenes had an anomaly pixel (seed {seed})"
                 )
             indices = range(tried[split], tried[split] + n - found[split])
-            tasks += [(spec.write, str(root), split, i, seed, *size, spec.anomaly_only) for i in indices]
+            tasks += [
+                (spec.write, str(root), split, i, seed, *size, spec.anomaly_only, spec.stream)
+                for i in indices
+            ]
             tried[split] = indices.stop
         for result in run_tasks(_render_and_write, tasks, workers=workers, bar=bar):
             if result is not None:
@@ -147,6 +163,7 @@ def generate_standin(
     seed: int,
     workers: int | None = None,
     overwrite: bool = False,
+    regenerate: bool = False,
     progress: bool = True,
 ) -> dict:
     """Write the stand-in `spec` describes (skipped when `root` already holds it complete).
@@ -160,6 +177,8 @@ def generate_standin(
         seed: generator seed (>= 0).
         workers: render processes; None = min(2, CPU count).
         overwrite: regenerate even if `root` holds other data (empties ``spec.folders`` first).
+        regenerate: regenerate a stand-in this generator wrote at `root` in this format with other
+            parameters (never data it did not write, nor another format).
         progress: show a progress bar on stderr.
 
     Returns:
@@ -178,13 +197,14 @@ def generate_standin(
     workers = resolve_workers(workers)
     root, start = Path(root), time.perf_counter()
     counts = {split: int(n) for split, n in counts.items()}
-    params = {"generator": "lib.synthetic", "format": spec.name, "version": GENERATOR_VERSION,
+    params = {"generator": "lib.synthetic", "format": spec.name, "version": STANDIN_VERSION,
               **{f"n_{split}": n for split, n in counts.items()},
               "height": int(height), "width": int(width), "seed": int(seed)}  # fmt: skip
     replaces = "the folders it writes: " + ", ".join(f"{folder}/" for folder in spec.folders)
     marker = check_root(
-        root, params, owned=spec.markers, layout=spec.layout, overwrite=overwrite, replaces=replaces
-    )
+        root, params, owned=spec.markers, layout=spec.layout, overwrite=overwrite, replaces=replaces,
+        regenerate=regenerate,
+    )  # fmt: skip
     generated = overwrite or marker is None or not _is_complete(root, marker, params)
     if generated:
         reset_folders(root, spec.folders)

@@ -154,6 +154,7 @@ def generate_streethazards(
     seed: int = 0,
     workers: int | None = None,
     overwrite: bool = False,
+    regenerate: bool = False,
     progress: bool = True,
 ) -> dict:
     """Write a synthetic dataset in the StreetHazards layout (skipped when already complete).
@@ -170,6 +171,8 @@ def generate_streethazards(
             rendered in this process.
         overwrite: regenerate even if ``root`` already holds a dataset (replaces its split
             folders and index files).
+        regenerate: regenerate a dataset this generator wrote at ``root`` with other parameters
+            (never one it did not write, nor one in another format).
         progress: show a progress bar (tqdm when installed) on stderr.
 
     Returns:
@@ -191,7 +194,9 @@ def generate_streethazards(
     splits = STREETHAZARDS_SPLITS
     folders = [d for s in splits.values() for d in (s.town_image_dir, s.town_annotation_dir)]
     odgts = [s.odgt for s in splits.values()]
-    marker = check_root(root, params, owned=folders + odgts, layout="StreetHazards", overwrite=overwrite)
+    marker = check_root(
+        root, params, owned=folders + odgts, layout="StreetHazards", overwrite=overwrite, regenerate=regenerate
+    )
     if (
         marker is not None
         and not overwrite

@@ -94,13 +94,26 @@ def _other_data_message(root: Path, old: dict, params: dict) -> str:
         diffs = ", ".join(f"{k}={old.get(k)!r} (asked {v!r})" for k, v in params.items() if old.get(k) != v)
         what = f"a synthetic dataset generated with other parameters: {diffs}"
     return (
-        f"{root} already holds {what}; pass overwrite=True (CLI: --overwrite) to regenerate it there, "
-        "or choose another root"
+        f"{root} already holds {what}; pass overwrite=True (scripts/make_synthetic.py --overwrite) to "
+        "regenerate it there, or choose another root"
     )
 
 
+def _same_generated_format(old: dict, params: dict) -> bool:
+    """Whether marker parameters `old` are this generator's, in the format `params` asks for."""
+    fmt = "streethazards"  # the StreetHazards writer's parameters name no format
+    return old.get("generator") == params.get("generator") and old.get("format", fmt) == params.get("format", fmt)
+
+
 def check_root(
-    root: Path, params: dict, *, owned: Sequence[str], layout: str, overwrite: bool, replaces: str = "them"
+    root: Path,
+    params: dict,
+    *,
+    owned: Sequence[str],
+    layout: str,
+    overwrite: bool,
+    replaces: str = "them",
+    regenerate: bool = False,
 ) -> dict | None:
     """Refuse to write into `root` when it holds other data, unless `overwrite`.
 
@@ -112,13 +125,17 @@ def check_root(
         layout: the layout's name for the message (``"StreetHazards"``).
         overwrite: skip the checks.
         replaces: what overwrite=True replaces, for the message.
+        regenerate: accept a dataset this generator wrote in the same format with other parameters
+            (sizes, seed, version): the caller then writes it anew (one line on stderr says so).
+            Data in another format, or that this generator did not write, is still refused.
 
     Returns:
-        The marker already at `root` (its parameters equal `params` unless `overwrite`), or None.
+        The marker already at `root` (its parameters equal `params` unless `overwrite` or
+        `regenerate`), or None.
 
     Raises:
-        ValueError: `root` holds a generated dataset with other parameters or format, or files of
-            the layout and no marker; the message names the folder and the fix.
+        ValueError: `root` holds a generated dataset with other parameters (unless `regenerate`) or
+            format, or files of the layout and no marker; the message names the folder and the fix.
     """
     marker = read_marker(root)
     if overwrite:
@@ -126,7 +143,10 @@ def check_root(
     if marker is not None:
         old = marker.get("params", {})
         if old != params:
-            raise ValueError(_other_data_message(root, old, params))
+            if not (regenerate and _same_generated_format(old, params)):
+                raise ValueError(_other_data_message(root, old, params))
+            diffs = ", ".join(f"{k} {old.get(k)!r} -> {v!r}" for k, v in params.items() if old.get(k) != v)
+            print(f"{root}: regenerating the generated dataset there ({diffs})", file=sys.stderr)
     elif found := next((p for p in owned if (root / p).exists()), None):
         raise ValueError(
             f"{root} already holds {layout}-layout files that this generator did not write ({found}, no "

@@ -215,8 +215,9 @@ class RunConfig:
     scores: tuple[str, ...] = SCORES
     """Anomaly scores to evaluate: msp, maxlogit, entropy, energy; also sml (standardized max logit,
     statistics fitted on the training split before testing), pans (cosine head) and abet (AbeT head)."""
-    miou_exclude: tuple[str, ...] = ()
-    """Class names left out of mIoU (the seed left out 'pedestrian', absent from the test split)."""
+    miou_exclude: tuple[str, ...] | None = None
+    """Class names left out of mIoU; default: what the test set's published protocol leaves out
+    (lib.registry: 'pedestrian' on StreetHazards, absent from its test split; none elsewhere)."""
     max_eval_images: int | None = None
     """Evaluate on the first N test images only (for smoke tests)."""
     test_sets: tuple[str, ...] = ()
@@ -251,7 +252,7 @@ class RunConfig:
         self.image_size = tuple(self.image_size)
         self.crop_size = tuple(self.crop_size)
         self.scores = tuple(self.scores)
-        self.miou_exclude = tuple(self.miou_exclude)
+        self.miou_exclude = None if self.miou_exclude is None else tuple(self.miou_exclude)
         self.protocols = tuple(self.protocols)
         self.ood_ignore = tuple(self.ood_ignore)
         self.component_scores = tuple(self.component_scores)
@@ -348,17 +349,20 @@ class RunConfig:
             raise ValueError(f"eval_scales must be positive factors, got {self.eval_scales}")
 
     def _validate_evaluation(self) -> None:
-        from lib.classes import STREETHAZARDS_CLASSES
         from lib.registry import dataset_spec
 
         if not self.protocols:
             raise ValueError(f"protocols must name at least one of: {', '.join(PROTOCOLS)}")
         for name in self.protocols:
             _check_choice("protocols", name, PROTOCOLS)
-        for name in self.ood_ignore:
-            _check_choice("ood_ignore", name, STREETHAZARDS_CLASSES)
-        if self.ood_ignore and dataset_spec(self.dataset).loader != "streethazards":
-            raise ValueError(f"ood_ignore names StreetHazards classes; dataset={self.dataset!r} has none")
+        spec = dataset_spec(self.dataset)
+        classes = spec.known_classes(unknown_as_class=self.unknown_as_class)
+        for name in (*self.ood_ignore, *(self.miou_exclude or ())):
+            if name not in classes:
+                what = "ood_ignore" if name in self.ood_ignore else "miou_exclude"
+                raise ValueError(
+                    f"{what}={name!r} is not a class of dataset={self.dataset!r}; its classes: {', '.join(classes)}"
+                )
         for name in self.component_scores:
             if name not in self.scores:
                 raise ValueError(f"component_scores={name!r} must be among scores {list(self.scores)}")

@@ -34,12 +34,19 @@ LostAndFound (Cityscapes-style; root holds ``leftImg8bit/`` and ``gtCoarse/``)::
   ids the LAF table calls "random non-hazards" (`lib.classes.LAF_NON_HAZARD_IDS`) instead.
   Note the protocol this implies: only the road and the obstacles on it are evaluated.
 
-RoadAnomaly (Lis et al. 2019; 60 images), the processed releases::
+RoadAnomaly (Lis et al. 2019; 60 images), the original release and the processed ones::
 
+    frame_list.json + frames/{name}.jpg + frames/{name}.labels/labels_semantic.png   (the release)
     images/{name}.jpg|.png|.webp   + labels_masks/{name}_labels_semantic.png or labels_masks/{name}.png
     original/{name}.jpg|...        + labels/{name}.png                  (SynBoost-style processed copy)
 
-  Label PNGs are single-channel masks, read per ``label_values``: ``"0/1/255"`` (0 in-distribution,
+  The original release is the output of its labelling tool (LabelGrab): per frame a folder
+  ``{name}.labels`` beside the image with ``labels_semantic.png`` (class per pixel: 0 background,
+  1 road, 2 anomaly; 255 void where present), read as 0 / 0 / 1 / ignore - the whole frame is
+  evaluated, road or not, and anomaly is class 2, as the evaluation code of its users reads it
+  (label >= 2, or {0: 0, 2: 1}). ``frame_list.json`` names the frames; the colour and instance PNGs
+  beside are not read. The processed releases' label PNGs are single-channel masks, read per
+  ``label_values``: ``"0/1/255"`` (0 in-distribution,
   1 anomaly, 255 void -> ignore; SegmentMeIfYouCan, SynBoost), ``"0/255"`` (binary mask: 0
   in-distribution, 255 anomaly), or ``"auto"`` (default): a file that holds a 1 is read as 0/1/255,
   one with only 0 and 255 as the binary mask. "auto" relies on every RoadAnomaly image having an
@@ -388,15 +395,24 @@ _RA_TRINARY = LabelEncoding.from_mapping(
 _RA_BINARY = LabelEncoding.from_mapping(
     {0: EVAL_INLIER_ID, 255: EVAL_ANOMALY_ID}, "0 (in-distribution) and 255 (anomaly)"
 )
+#: The original release's LabelGrab classes: 0 background, 1 road, 2 anomaly (255 void).
+_RA_RELEASE = LabelEncoding.from_mapping(
+    {0: EVAL_INLIER_ID, 1: EVAL_INLIER_ID, 2: EVAL_ANOMALY_ID, IGNORE_INDEX: IGNORE_INDEX},
+    "0 (background), 1 (road), 2 (anomaly), 255 (void)",
+)
+#: The original release's file list and frame folder (its layout's markers).
+ROAD_ANOMALY_RELEASE = ("frame_list.json", "frames")
 
 
 class RoadAnomaly(SegmentationDataset):
     """RoadAnomaly as an anomaly-only evaluation set: 0 in-distribution, 1 anomaly, 255 ignore.
 
     Args:
-        root: folder that contains ``images/`` + ``labels_masks/`` (or ``original/`` + ``labels/``).
+        root: folder that contains ``frame_list.json`` + ``frames/`` (the original release), or
+            ``images/`` + ``labels_masks/`` (or ``original/`` + ``labels/``).
         split: ``test`` (the only one).
-        label_values: ``"auto"``, ``"0/1/255"`` or ``"0/255"`` (see the module docstring).
+        label_values: ``"auto"``, ``"0/1/255"``, ``"0/255"`` or ``"0/1/2/255"`` (the original
+            release's classes, which "auto" reads it with; see the module docstring).
         skip_unlabeled: leave out images that have no label file (the held-out part of the
             SegmentMeIfYouCan release) instead of raising.
         transforms, limit: as in `lib.data.SegmentationDataset`.
@@ -407,7 +423,10 @@ class RoadAnomaly(SegmentationDataset):
     classes = ANOMALY_EVAL_CLASSES
     inlier_id = EVAL_INLIER_ID
     anomaly_id = EVAL_ANOMALY_ID
-    download_hint = "Download the processed RoadAnomaly release and unzip it so that data_root holds images/"
+    download_hint = (
+        "Download RoadAnomaly and unzip it so that data_root holds frame_list.json and frames/ (the "
+        "original release) or images/ (a processed one)"
+    )
 
     def __init__(
         self,
@@ -419,7 +438,12 @@ class RoadAnomaly(SegmentationDataset):
         transforms: Callable | None = None,
         limit: int | None = None,
     ) -> None:
-        encodings = {"auto": _RA_TRINARY, "0/1/255": _RA_TRINARY, "0/255": _RA_BINARY}
+        encodings = {
+            "auto": _RA_TRINARY,
+            "0/1/255": _RA_TRINARY,
+            "0/255": _RA_BINARY,
+            "0/1/2/255": _RA_RELEASE,
+        }
         if label_values not in encodings:
             raise DatasetError(
                 f"unknown RoadAnomaly label_values {label_values!r}; valid: {', '.join(encodings)}"
@@ -429,12 +453,22 @@ class RoadAnomaly(SegmentationDataset):
         self.skip_unlabeled = skip_unlabeled
         super().__init__(root, split, transforms=transforms, limit=limit)
 
+    @property
+    def is_release(self) -> bool:
+        """Whether the root holds the original release (``frame_list.json`` + ``frames/``)."""
+        return all((self.root / p).exists() for p in ROAD_ANOMALY_RELEASE)
+
+    @staticmethod
+    def _release_label(image: Path) -> Path:
+        return image.parent / f"{image.stem}.labels" / "labels_semantic.png"
+
     def _folders(self) -> tuple[Path, Path, tuple[str, ...]]:
         for image_folder, label_folder, suffixes in ROAD_ANOMALY_LAYOUTS:
             if (self.root / image_folder).is_dir():
                 return self.root / image_folder, self.root / label_folder, suffixes
         options = [list(layout[:2]) for layout in ROAD_ANOMALY_LAYOUTS]
-        raise self._missing_folder(self.root / options[0][0], options[0], alternatives=options[1:])
+        alternatives = [*options[1:], list(ROAD_ANOMALY_RELEASE)]
+        raise self._missing_folder(self.root / options[0][0], options[0], alternatives=alternatives)
 
     @staticmethod
     def _label_for(image: Path, label_dir: Path, suffixes: tuple[str, ...]) -> Path:
@@ -442,6 +476,14 @@ class RoadAnomaly(SegmentationDataset):
         return next((c for c in candidates if c.is_file()), candidates[0])
 
     def find_samples(self) -> list[Sample]:
+        if self.is_release:
+            frames = self.root / ROAD_ANOMALY_RELEASE[1]
+            images = sorted(
+                p for p in frames.iterdir() if p.is_file() and p.suffix.lower() in _ROAD_ANOMALY_IMAGE_EXTS
+            )
+            if self.skip_unlabeled:
+                images = [p for p in images if self._release_label(p).is_file()]
+            return self._pair(images, self._release_label, frames)
         image_dir, label_dir, suffixes = self._folders()
         if not label_dir.is_dir():
             raise DatasetError(
@@ -454,6 +496,19 @@ class RoadAnomaly(SegmentationDataset):
         return self._pair(images, lambda p: self._label_for(p, label_dir, suffixes), image_dir)
 
     def annotation_files(self) -> list[tuple[Path, Path]]:
+        if self.is_release:
+            out = []
+            for folder in sorted((self.root / ROAD_ANOMALY_RELEASE[1]).glob("*.labels")):
+                stem = folder.name.removesuffix(".labels")
+                matches = [folder.parent / f"{stem}{ext}" for ext in _ROAD_ANOMALY_IMAGE_EXTS]
+                if (folder / "labels_semantic.png").is_file():
+                    out.append(
+                        (
+                            folder / "labels_semantic.png",
+                            next((m for m in matches if m.is_file()), matches[0]),
+                        )
+                    )
+            return out
         image_dir, label_dir, _ = self._folders()
         out = []
         for a in sorted(label_dir.glob("*.png")) if label_dir.is_dir() else []:
@@ -465,6 +520,9 @@ class RoadAnomaly(SegmentationDataset):
         return out
 
     def read_mask(self, path: Path) -> np.ndarray:
+        if self.is_release and self.label_values == "auto":
+            raw = read_label_png(path, dataset=self.name, expected=f"values {_RA_RELEASE.description}")
+            return _RA_RELEASE.encode(raw, path=path, dataset=self.name)
         raw = read_label_png(
             path, dataset=self.name, expected=f"values {_RA_TRINARY.description} or {_RA_BINARY.description}"
         )
@@ -499,13 +557,13 @@ def build_dataset(name: str, root: str | Path, split: str, **kwargs) -> Dataset:
     return DATASETS[key](root, split, **kwargs)
 
 
-#: Loader name -> folders (relative to a root) that each of its layouts has, for `detect_format`.
+#: Loader name -> folders (and files) relative to a root that each of its layouts has, for `detect_format`.
 FORMAT_MARKERS: dict[str, tuple[tuple[str, ...], ...]] = {
     "streethazards": (("train/images/training",), ("test/images/test",)),
     "cityscapes": (("leftImg8bit", "gtFine"),),
     "lostandfound": (("leftImg8bit", "gtCoarse"),),
     "bdd100k": (("images/10k",), ("seg/images",)),
-    "roadanomaly": (("images", "labels_masks"), ("original", "labels")),
+    "roadanomaly": (ROAD_ANOMALY_RELEASE, ("images", "labels_masks"), ("original", "labels")),
 }
 
 
@@ -513,7 +571,7 @@ def detect_format(root: str | Path) -> str | None:
     """The format (a key of `DATASETS`) whose folders `root` holds, or None when it holds none."""
     root = Path(root)
     for name, layouts in FORMAT_MARKERS.items():
-        if any(all((root / folder).is_dir() for folder in layout) for layout in layouts):
+        if any(all((root / path).exists() for path in layout) for layout in layouts):
             return name
     return None
 
@@ -535,7 +593,7 @@ def open_dataset(loader: str, root: str | Path, split: str, *, what: str = "", *
         found = detect_format(root)
         if found is None or found == loader:
             raise
-        folders = " + ".join(f"{f}/" for f in FORMAT_MARKERS[found][0])
+        folders = " + ".join(f if "." in f else f"{f}/" for f in FORMAT_MARKERS[found][0])
         raise DatasetError(
             f"{root} looks like a {DATASETS[found].name} dataset ({folders}), not {DATASETS[loader].name} "
             f"as {what or 'the run'} expects: point that setting at a {DATASETS[loader].name} folder, or "

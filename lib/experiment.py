@@ -368,12 +368,20 @@ def evaluate_model(
     return evaluate(
         model, test_loader, num_classes=num_classes(cfg), device=device, score_names=scores,
         class_names=class_names, anomaly_id=spec.anomaly_id, closed_set=spec.closed_set,
-        miou_exclude=cfg.miou_exclude if spec.closed_set else (),
-        ood_ignore=cfg.ood_ignore if spec.loader == "streethazards" else (), protocols=cfg.protocols,
+        miou_exclude=miou_exclusions(cfg, spec),
+        ood_ignore=cfg.ood_ignore if spec.closed_set else (), protocols=cfg.protocols,
         flip=flip, scales=scales or cfg.eval_scales, window=cfg.window, sml_stats=sml_stats,
         component_scores=tuple(n for n in cfg.component_scores if n in scores),
         keep_examples=keep_examples, progress=cfg.progress,
     )  # fmt: skip
+
+
+def miou_exclusions(cfg: RunConfig, spec: DatasetSpec) -> tuple[str, ...]:
+    """The classes left out of mIoU on test set `spec`: ``cfg.miou_exclude`` when given, else the
+    set's published protocol (`lib.registry.DatasetSpec.miou_exclude`); none on an anomaly-only set."""
+    if not spec.closed_set:
+        return ()
+    return cfg.miou_exclude if cfg.miou_exclude is not None else spec.miou_exclude
 
 
 @dataclass

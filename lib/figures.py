@@ -16,10 +16,9 @@ from lib.classes import ANOMALY_EVAL_CLASSES, BDD100K_CLASSES, STREETHAZARDS_CLA
 # ----------------------------------------------------------------------------- colours
 
 
-def colorize(
-    labels: torch.Tensor | np.ndarray, palette: Sequence[tuple[int, int, int]] = STREETHAZARDS_PALETTE
-) -> np.ndarray:
-    """Train-id map -> RGB image; ignored pixels are white. Shape: (H, W) -> (H, W, 3) uint8."""
+def colorize(labels: torch.Tensor | np.ndarray, palette: Sequence[tuple[int, int, int]]) -> np.ndarray:
+    """Train-id map -> RGB image with one colour per train id (`palette_for` gives a label set's);
+    ignored pixels are white. Shape: (H, W) -> (H, W, 3) uint8."""
     labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
     lut = np.full((256, 3), 255, dtype=np.uint8)
     lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)
@@ -59,7 +58,7 @@ def plot_example(
     anomaly_map: torch.Tensor | Mapping[str, torch.Tensor],
     *,
     score_name: str = "score",
-    class_names: Sequence[str] = STREETHAZARDS_CLASSES,
+    class_names: Sequence[str],
     model_classes: Sequence[str] | None = None,
 ):
     """Image, ground truth, prediction and the anomaly map of one score - or of each score when
@@ -236,9 +235,7 @@ def plot_history(history: Sequence[Mapping[str, float]]):
     return fig
 
 
-def plot_sample(
-    image: torch.Tensor, mask: torch.Tensor, *, class_names: Sequence[str] = STREETHAZARDS_CLASSES
-):
+def plot_sample(image: torch.Tensor, mask: torch.Tensor, *, class_names: Sequence[str]):
     """An image beside its colour-coded annotation, with a legend of the classes present."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch

@@ -53,6 +53,7 @@ from typing import Any
 import tomllib
 
 from lib.config import RUNTIME_FIELDS, RunConfig, presets
+from lib.registry import dataset_spec
 from lib.utils import append_csv_row, atomic_write_bytes, write_csv
 
 #: Short column names of the reference project's CSVs (other scores keep their own name).
@@ -239,6 +240,10 @@ def config_id(cfg: RunConfig, protocol: str, *, training_only: bool = False) -> 
         for k, v in cfg.to_dict().items()
         if k not in neutral and not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])
     }
+    if "miou_exclude" in values and values["miou_exclude"] is None:
+        # None means the dataset's own protocol (lib.registry): hash what that is, as rows written
+        # when the field's default was the explicit () did
+        values["miou_exclude"] = dataset_spec(cfg.dataset).miou_exclude
     text = json.dumps({**values, "protocol": protocol}, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 

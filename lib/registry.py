@@ -63,7 +63,8 @@ class DatasetSpec:
     splits: dict[str, str] = field(default_factory=dict)
     """Role (train, val, test) -> the split folder that plays it; a missing role is not available."""
     miou_exclude: tuple[str, ...] = ()
-    """Classes its published protocol leaves out of mIoU (the presets carry them)."""
+    """Classes its published protocol leaves out of mIoU: what a run evaluated on it leaves out unless
+    ``RunConfig.miou_exclude`` says otherwise (`lib.experiment.miou_exclusions`)."""
     default_root: str = ""
     """Where it is found (or generated) when no root is given."""
     generated: str | None = None
@@ -78,6 +79,12 @@ class DatasetSpec:
     @property
     def anomaly_only(self) -> bool:
         return self.num_known is None
+
+    @property
+    def label_args(self) -> dict:
+        """What `lib.test.evaluate` needs to know of its test split's labels: ``class_names``,
+        ``anomaly_id`` and ``closed_set`` (``evaluate(model, loader, **spec.label_args, ...)``)."""
+        return {"class_names": self.classes, "anomaly_id": self.anomaly_id, "closed_set": self.closed_set}
 
     def known_classes(self, *, unknown_as_class: bool = False) -> tuple[str, ...]:
         """The classes a model trained on it predicts, in output order."""

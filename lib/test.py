@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from lib.classes import ANOMALY_ID, IGNORE_INDEX, STREETHAZARDS_CLASSES
+from lib.classes import IGNORE_INDEX
 from lib.config import PROTOCOLS, SCORES
 from lib.data import normalize
 from lib.metrics import (
@@ -136,8 +136,8 @@ def evaluate(
     num_classes: int,
     device: torch.device | str,
     score_names: Sequence[str] = SCORES,
-    class_names: Sequence[str] = STREETHAZARDS_CLASSES,
-    anomaly_id: int | None = ANOMALY_ID,
+    class_names: Sequence[str],
+    anomaly_id: int | None,
     closed_set: bool = True,
     miou_exclude: Sequence[str] = (),
     ood_ignore: Sequence[str] = (),
@@ -157,9 +157,11 @@ def evaluate(
         batches: yields (uint8 images (B, 3, H, W), int64 masks (B, H, W)), e.g. a DataLoader.
         num_classes: classes the model predicts (13 for StreetHazards; the anomaly is not one).
         score_names: anomaly scores to evaluate (see `lib.scores`).
-        class_names: names of the train ids (for the per-class IoU keys).
-        anomaly_id: train id of anomaly pixels (the positives of the anomaly metrics); None for a set
-            without anomaly labels (then `score_names` must be empty).
+        class_names: names of the masks' train ids (for the per-class IoU keys), e.g. a dataset
+            class's ``classes`` or `lib.registry.DatasetSpec.classes`.
+        anomaly_id: train id of anomaly pixels, the positives of the anomaly metrics
+            (`lib.registry.DatasetSpec.anomaly_id`); None for a set without anomaly labels (then
+            `score_names` must be empty). ``**spec.label_args`` gives both and `closed_set`.
         closed_set: the masks hold the model's class ids (mIoU and the confusion matrix count); False
             for the anomaly-only sets (LostAndFound, RoadAnomaly: 0 in-distribution, 1 anomaly), which
             give anomaly metrics alone.

@@ -43,7 +43,7 @@ from lib import distributed
 from lib.classes import IGNORE_INDEX
 from lib.config import RunConfig
 from lib.data import normalize
-from lib.figures import colorize
+from lib.figures import colorize, palette_for
 from lib.losses import SegmentationLoss, entropy_term, focal_loss, true_class_rows_entropy
 from lib.metrics import ConfusionMatrix
 from lib.utils import append_csv_row, atomic_torch_save
@@ -896,13 +896,14 @@ def prediction_panels(
     """
     model.eval()
     panels = []
+    palette = palette_for(dataset.classes)
     for i in range(min(count, len(dataset))):
         image, mask = dataset[i]
         with autocast(device, amp):
             logits = model(normalize(image[None].to(device)))
         prediction = logits.float().argmax(dim=1)[0]
         rgb = image.permute(1, 2, 0).cpu().numpy()
-        panels.append(np.concatenate([rgb, colorize(mask), colorize(prediction)], axis=1))
+        panels.append(np.concatenate([rgb, colorize(mask, palette), colorize(prediction, palette)], axis=1))
     return panels
 
 

@@ -27,6 +27,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lib.cli import script_parser  # noqa: E402
+from lib.registry import REGISTRY  # noqa: E402
+
+STREETHAZARDS_LABELS = REGISTRY["streethazards"].label_args
 
 METHODS = ("ours", "torchmetrics-exact", "torchmetrics-binned", "sklearn")
 
@@ -157,9 +160,17 @@ def evaluation_overhead(images: int, height: int, width: int, backbone: str) -> 
     runs = {
         "forward alone": forward_only,
         "pooled": lambda: evaluate(
-            model, batches, num_classes=13, device="cpu", protocols=("pooled",), progress=False
+            model,
+            batches,
+            num_classes=13,
+            **STREETHAZARDS_LABELS,
+            device="cpu",
+            protocols=("pooled",),
+            progress=False,
         ),
-        "pooled + per-image": lambda: evaluate(model, batches, num_classes=13, device="cpu", progress=False),
+        "pooled + per-image": lambda: evaluate(
+            model, batches, num_classes=13, **STREETHAZARDS_LABELS, device="cpu", progress=False
+        ),
     }
     best = dict.fromkeys(runs, float("inf"))
     for _ in range(3):  # alternate and keep the best of each: the machine is noisy

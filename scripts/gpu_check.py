@@ -62,6 +62,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lib.cli import script_parser  # noqa: E402
+from lib.registry import REGISTRY  # noqa: E402
+
+STREETHAZARDS_LABELS = REGISTRY["streethazards"].label_args
 
 GROUPS = ("metrics", "scores", "evaluate", "train", "sync_bn", "bench")
 TRAIN_MODES: dict[str, dict] = {
@@ -407,7 +410,9 @@ def check_evaluate(ctx: Context) -> str:
     )
     model = Float64(build_model(**arch, head="distance", num_classes=NUM_CLASSES))
     batches = eval_batches(ctx)
-    kwargs = dict(num_classes=NUM_CLASSES, component_scores=("entropy",), progress=False)
+    kwargs = dict(
+        num_classes=NUM_CLASSES, component_scores=("entropy",), progress=False, **STREETHAZARDS_LABELS
+    )
     ref = evaluate(copy.deepcopy(model), batches, device="cpu", **kwargs).metrics
     got = evaluate(model.to(ctx.device), batches, device=ctx.device, **kwargs).metrics
     assert ref.keys() == got.keys(), f"metric keys differ: {sorted(set(ref) ^ set(got))}"

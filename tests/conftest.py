@@ -137,10 +137,29 @@ def write_road_anomaly(
     root: Path, n: int, *, layout: str = "images", values: str = "0/1/255", size=(16, 24), seed=0
 ) -> list[tuple[Path, Path]]:
     """RoadAnomaly: images/{name}.jpg + labels_masks/{name}_labels_semantic.png (SegmentMeIfYouCan,
-    with *_color.png beside) or original/{name}.jpg + labels/{name}.png (processed copy)."""
+    with *_color.png beside), original/{name}.jpg + labels/{name}.png (processed copy), or the original
+    release (layout="release"): frame_list.json, frames/{name}.jpg and the LabelGrab folder
+    frames/{name}.labels/ with labels_semantic.png (0 background, 1 road, 2 anomaly) and the colour and
+    instance PNGs beside it."""
     rng = np.random.default_rng(seed)
     h, w = size
     pairs = []
+    if layout == "release":
+        root.mkdir(parents=True, exist_ok=True)
+        names = [f"animals{i:02d}_road.jpg" for i in range(n)]
+        (root / "frame_list.json").write_text(json.dumps(names))
+        for name in names:
+            image = root / "frames" / name
+            label = root / "frames" / name.replace(".jpg", ".labels") / "labels_semantic.png"
+            _write_rgb(image, rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+            mask = np.zeros((h, w), np.uint8)
+            mask[h // 2 :, :] = 1  # the road
+            mask[4:10, 5:12] = 2  # the anomaly, partly on the road
+            _write_gray(label, mask)
+            _write_rgb(label.with_name("labels_semantic_color.png"), np.zeros((h, w, 3), np.uint8))
+            _write_gray(label.with_name("labels_instance.png"), (mask == 2).astype(np.uint8))
+            pairs.append((image, label))
+        return pairs
     for i in range(n):
         name = f"animals{i:02d}_road"
         if layout == "images":

@@ -38,6 +38,11 @@ CASES = {
         lambda r: RoadAnomaly(r),
         7,
     ),
+    "roadanomaly-release": (
+        lambda r: write_road_anomaly(r, 2, layout="release"),
+        lambda r: RoadAnomaly(r),
+        3,
+    ),
 }
 
 
@@ -284,6 +289,24 @@ def test_road_anomaly_encodings(tmp_path):
         RoadAnomaly(trinary, label_values="0/255")[0]
     with pytest.raises(DatasetError, match="unknown RoadAnomaly label_values"):
         RoadAnomaly(trinary, label_values="binary")
+
+
+def test_road_anomaly_original_release_is_read_as_published(tmp_path):
+    """frame_list.json + frames/NAME.labels/labels_semantic.png: class 2 is the anomaly, background
+    (0) and road (1) are in-distribution, the whole frame counts; the LabelGrab colour and instance
+    PNGs beside are not annotations; format detection knows the layout."""
+    from lib.datasets import detect_format
+
+    pairs = write_road_anomaly(tmp_path, 2, layout="release")
+    ds = RoadAnomaly(tmp_path)
+    assert ds.is_release and len(ds) == 2 and ds.validate() == 2
+    assert [s.annotation for s in ds.samples] == [label for _, label in pairs]
+    _, mask = ds[0]
+    assert (mask[4:10, 5:12] == 1).all() and int((mask == 1).sum()) == 42
+    assert (mask[12:, 14:] == 0).all() and (mask[:4] == 0).all() and (mask != 255).all()
+    assert detect_format(tmp_path) == "roadanomaly"
+    _rewrite_label(pairs[1][1], lambda raw: raw.__setitem__((0, 0), 255))  # void where present
+    assert int(ds[1][1][0, 0]) == 255
 
 
 def test_road_anomaly_skip_unlabeled(tmp_path):

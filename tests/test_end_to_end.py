@@ -12,6 +12,9 @@ import torch
 
 from lib.config import RunConfig, presets
 from lib.experiment import run
+from lib.registry import REGISTRY
+
+STREETHAZARDS_LABELS = REGISTRY["streethazards"].label_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,7 +66,14 @@ def _evaluate_checkpoint(path: Path, cfg: RunConfig, **options) -> dict[str, flo
     test = StreetHazards(cfg.data_root, "test")
     loader = make_loader(test, batch_size=cfg.eval_batch_size, shuffle=False, num_workers=0, seed=0)
     return evaluate(
-        model, loader, num_classes=13, device="cpu", score_names=cfg.scores, progress=False, **options
+        model,
+        loader,
+        num_classes=13,
+        **STREETHAZARDS_LABELS,
+        device="cpu",
+        score_names=cfg.scores,
+        progress=False,
+        **options,
     ).metrics
 
 
@@ -108,7 +118,7 @@ def test_evaluation_options_reach_the_run_from_the_command_line(tmp_path, capsys
     # Combinations that cannot work end with one line and exit code 2.
     bad = {
         ("--component-scores", "entropy", "--protocols", "per-image"): "component_scores need the pooled protocol",
-        ("--ood-ignore", "sky"): "ood_ignore='sky' is not valid; choose one of: unlabeled",
+        ("--ood-ignore", "sky"): "ood_ignore='sky' is not a class of dataset='synthetic'; its classes: unlabeled",
         ("--component-scores", "sml"): "component_scores='sml' must be among scores",
     }  # fmt: skip
     for flags, message in bad.items():

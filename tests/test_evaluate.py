@@ -2,7 +2,10 @@ import pytest
 import torch
 from torch import nn
 
+from lib.registry import REGISTRY
 from lib.test import evaluate, results_table
+
+STREETHAZARDS_LABELS = REGISTRY["streethazards"].label_args
 
 
 class MarkerModel(nn.Module):
@@ -26,7 +29,13 @@ def _batches():
 
 def test_one_pass_evaluation_of_a_perfect_detector():
     result = evaluate(
-        MarkerModel(), _batches(), num_classes=13, device="cpu", keep_examples=1, progress=False
+        MarkerModel(),
+        _batches(),
+        num_classes=13,
+        **STREETHAZARDS_LABELS,
+        device="cpu",
+        keep_examples=1,
+        progress=False,
     )
     m = result.metrics
     assert result.num_images == 2
@@ -49,14 +58,28 @@ def test_ignored_classes_leave_the_anomaly_metrics():
     batches = _batches()
     batches[1][1][0, 4:, :] = 2  # 'fence' pixels the model calls confident road: inliers
     batches[1][0][0, 0, 4:, :] = 255  # ...but they look uncertain, like anomalies
-    hurt = evaluate(MarkerModel(), batches, num_classes=13, device="cpu", progress=False).metrics
+    hurt = evaluate(
+        MarkerModel(), batches, num_classes=13, **STREETHAZARDS_LABELS, device="cpu", progress=False
+    ).metrics
     assert hurt["ood/entropy/AUPR/pooled"] < 50.0
     spared = evaluate(
-        MarkerModel(), batches, num_classes=13, device="cpu", ood_ignore=("fence",), progress=False
+        MarkerModel(),
+        batches,
+        num_classes=13,
+        **STREETHAZARDS_LABELS,
+        device="cpu",
+        ood_ignore=("fence",),
+        progress=False,
     )
     assert spared.metrics["ood/entropy/AUPR/pooled"] == pytest.approx(100.0)
     only_pooled = evaluate(
-        MarkerModel(), batches, num_classes=13, device="cpu", protocols=("pooled",), progress=False
+        MarkerModel(),
+        batches,
+        num_classes=13,
+        **STREETHAZARDS_LABELS,
+        device="cpu",
+        protocols=("pooled",),
+        progress=False,
     )
     assert not any(k.endswith("/per-image") for k in only_pooled.metrics)
 
@@ -64,13 +87,19 @@ def test_ignored_classes_leave_the_anomaly_metrics():
 def test_unknown_class_in_miou_exclude():
     with pytest.raises(ValueError, match="miou_exclude names unknown class"):
         evaluate(
-            MarkerModel(), _batches(), num_classes=13, device="cpu", miou_exclude=("bicycle",), progress=False
+            MarkerModel(),
+            _batches(),
+            num_classes=13,
+            **STREETHAZARDS_LABELS,
+            device="cpu",
+            miou_exclude=("bicycle",),
+            progress=False,
         )
 
 
 def test_empty_split_is_an_error():
     with pytest.raises(ValueError, match="test split is empty"):
-        evaluate(MarkerModel(), [], num_classes=13, device="cpu", progress=False)
+        evaluate(MarkerModel(), [], num_classes=13, **STREETHAZARDS_LABELS, device="cpu", progress=False)
 
 
 class Ramp(nn.Module):
@@ -129,13 +158,13 @@ def test_sml_through_the_evaluator():
     stats = fit_sml_statistics(LowConfidenceRoad(), train, num_classes=13, device="cpu", progress=False)
     mean, std = stats.mean_std()
     assert 9.0 < mean[7] < 11.0 and 0.5 < std[7] < 1.5
-    result = evaluate(LowConfidenceRoad(), _batches(), num_classes=13, device="cpu", score_names=("sml",),
+    result = evaluate(LowConfidenceRoad(), _batches(), num_classes=13, **STREETHAZARDS_LABELS, device="cpu", score_names=("sml",),
                       sml_stats=stats, progress=False)  # fmt: skip
     assert result.metrics["ood/sml/AUROC/pooled"] == pytest.approx(100.0)
 
 
 def test_component_metrics_through_the_evaluator():
-    result = evaluate(MarkerModel(), _batches(), num_classes=13, device="cpu", score_names=("entropy", "msp"),
+    result = evaluate(MarkerModel(), _batches(), num_classes=13, **STREETHAZARDS_LABELS, device="cpu", score_names=("entropy", "msp"),
                       component_scores=("entropy",), progress=False)  # fmt: skip
     m = result.metrics
     # One anomaly component, found exactly by the best-F1 threshold: sIoU, PPV and F1 are 100.
@@ -144,13 +173,13 @@ def test_component_metrics_through_the_evaluator():
     assert m["ood/entropy/mean_F1/components"] == pytest.approx(100.0)
     assert "ood/msp/sIoU/components" not in m
     with pytest.raises(ValueError, match="component_scores"):
-        evaluate(MarkerModel(), _batches(), num_classes=13, device="cpu", score_names=("msp",),
+        evaluate(MarkerModel(), _batches(), num_classes=13, **STREETHAZARDS_LABELS, device="cpu", score_names=("msp",),
                  component_scores=("entropy",), progress=False)  # fmt: skip
 
 
 @pytest.mark.parametrize("flip", [False, True])
 def test_abet_score_is_the_energy_of_the_logits_evaluated(flip):
-    m = evaluate(MarkerModel(), _batches(), num_classes=13, device="cpu", score_names=("energy", "abet"),
+    m = evaluate(MarkerModel(), _batches(), num_classes=13, **STREETHAZARDS_LABELS, device="cpu", score_names=("energy", "abet"),
                  flip=flip, progress=False).metrics  # fmt: skip
     assert m["ood/abet/AUROC/pooled"] == pytest.approx(100.0)
     for metric in ("AUPR", "AUROC", "FPR95"):

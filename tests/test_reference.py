@@ -14,8 +14,11 @@ import pytest
 import torch
 
 from lib.config import REFERENCE_RECIPE, RunConfig, presets
+from lib.registry import REGISTRY
 from lib.weights import WEIGHTS, WeightsError, find_weights, load_weights
 from network import build_model
+
+STREETHAZARDS_LABELS = REGISTRY["streethazards"].label_args
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -110,7 +113,13 @@ def test_reference_weights_evaluated_by_one_command(replica, offline, tmp_path, 
         StreetHazards(replica["data"], "test"), batch_size=1, shuffle=False, num_workers=0, seed=0
     )
     direct = evaluate(
-        model, loader, num_classes=13, device="cpu", miou_exclude=("pedestrian",), progress=False
+        model,
+        loader,
+        num_classes=13,
+        **STREETHAZARDS_LABELS,
+        device="cpu",
+        miou_exclude=("pedestrian",),
+        progress=False,
     )
     assert measured.keys() == direct.metrics.keys()
     for key, value in direct.metrics.items():
@@ -222,16 +231,21 @@ def test_streethazards_preset_is_the_reference_recipe():
         dataset="streethazards", backbone="resnet101", head="distance", output_stride=16, pretrained_on="cityscapes",
         loss="fl+h", gamma_focal=2.0, entropy_weight=0.1, class_weights=False, optimizer="adam", lr=1e-4,
         backbone_lr=1e-5, weight_decay=1e-4, scheduler="plateau", plateau_patience=5, epochs=50, batch_size=16,
-        crop_size=(512, 512), miou_exclude=("pedestrian",), amp="auto", entropy_term="softmax", download=True,
+        crop_size=(512, 512), amp="auto", entropy_term="softmax", download=True,
     )  # fmt: skip
     assert {k: getattr(cfg, k) for k in expected} == expected
+    # mIoU over 12 classes: the registry's StreetHazards protocol leaves pedestrian out by default
+    from lib.experiment import miou_exclusions
+
+    assert cfg.miou_exclude is None and miou_exclusions(cfg, REGISTRY["streethazards"]) == ("pedestrian",)
+    assert miou_exclusions(cfg.replace(miou_exclude=()), REGISTRY["streethazards"]) == ()
+    assert (
+        miou_exclusions(cfg, REGISTRY["synthetic"]) == ()
+        and miou_exclusions(cfg, REGISTRY["roadanomaly"]) == ()
+    )
     evaluation = RunConfig(**presets()["streethazards-reference"])
     assert evaluation.weights == "streethazards-reference" and evaluation.pretrained_on is None
-    assert (evaluation.backbone, evaluation.head, evaluation.miou_exclude) == (
-        "resnet101",
-        "distance",
-        ("pedestrian",),
-    )
+    assert (evaluation.backbone, evaluation.head, evaluation.miou_exclude) == ("resnet101", "distance", None)
     with pytest.raises(ValueError, match="weights='x' evaluates trained weights"):
         RunConfig(**REFERENCE_RECIPE, weights="x")
 

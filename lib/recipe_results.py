@@ -126,7 +126,7 @@ def _number(row: Mapping[str, str], key: str) -> float | None:
 
 
 def measured_cell(row: Mapping[str, str]) -> str:
-    """What a row measured, per test set: mIoU where it has class labels, the recipe's first anomaly
+    """What a row measured, per test set: mIoU and pixel accuracy where it has class labels, the recipe's first anomaly
     score (AUPR / AUROC / FPR95 under its first protocol) where it has anomaly labels."""
     scores, protocols = row["scores"].split(), row["protocols"].split()
     parts = []
@@ -134,6 +134,8 @@ def measured_cell(row: Mapping[str, str]) -> str:
         values = []
         if (miou := _number(row, f"{t.prefix}seg/mIoU")) is not None:
             values.append(f"mIoU {miou:.1f}")
+        if (accuracy := _number(row, f"{t.prefix}seg/pixel_accuracy")) is not None:
+            values.append(f"pixel accuracy {accuracy:.1f}")
         if scores and t.spec.anomaly_id is not None:
             keys = [f"{t.prefix}ood/{scores[0]}/{m}/{protocols[0]}" for m in ("AUPR", "AUROC", "FPR95")]
             numbers = [_number(row, k) for k in keys]

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     from lib.cli import run_reporting_errors
 
     def body() -> int:
-        from lib.grid import read_rows
+        from lib.grid import GridLockedError, read_rows
         from lib.recipe_results import RESULTS_CSV, markdown_table, run_recipes
 
         if args.table:
@@ -86,10 +86,14 @@ def main(argv: list[str] | None = None) -> int:
             print(markdown_table(rows))
             return 0
         overrides = {"device": args.device, "num_workers": args.num_workers, "progress": args.progress}
-        run_recipes(
-            args.size, args.recipes, out_dir=args.out_dir, data_dir=args.data_dir,
-            **{k: v for k, v in overrides.items() if v is not None},
-        )  # fmt: skip
+        try:
+            run_recipes(
+                args.size, args.recipes, out_dir=args.out_dir, data_dir=args.data_dir,
+                **{k: v for k, v in overrides.items() if v is not None},
+            )  # fmt: skip
+        except GridLockedError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         return 0
 
     return run_reporting_errors(body)

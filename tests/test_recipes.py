@@ -337,9 +337,10 @@ def test_the_recipe_table_command_runs_skips_and_continues(tmp_path, capsys):
         x for x in table.splitlines() if x.startswith("| pans | `python scripts/main.py --preset pans-tiny`")
     )
     numbers = " / ".join(f"{float(pans[f'ood/pans/{m}/per-image']):.1f}" for m in ("AUPR", "AUROC", "FPR95"))
+    accuracy = float(pans["seg/pixel_accuracy"])
     assert (
-        f"synthetic test split: mIoU {float(pans['seg/mIoU']):.1f}, pans AUPR / AUROC / FPR95 {numbers}"
-        in line
+        f"synthetic test split: mIoU {float(pans['seg/mIoU']):.1f}, pixel accuracy {accuracy:.1f}, "
+        f"pans AUPR / AUROC / FPR95 {numbers}" in line
     )
     assert pans["commit"] in line and RECIPES["pans"].published in line
     line = next(x for x in table.splitlines() if x.startswith("| abet |"))
@@ -369,3 +370,14 @@ def test_the_recipe_table_command_runs_skips_and_continues(tmp_path, capsys):
     assert main(["--table", "--out-dir", str(tmp_path)]) == 0
     assert "| abet |" in capsys.readouterr().out
     assert main(["--table", "--out-dir", str(tmp_path / "none")]) == 2
+
+
+def test_a_second_recipe_runner_is_refused_in_one_line(tmp_path, capsys):
+    from lib.grid import runner_lock
+    from scripts.recipes import main
+
+    with runner_lock(tmp_path / ".recipes.lock"):
+        assert main(["--size", "tiny", "--recipes", "pans", "--out-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "another runner is working on the recipe table" in err
+    assert not (tmp_path / "recipes.csv").exists()

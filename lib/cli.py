@@ -21,7 +21,9 @@ def script_parser(doc: str) -> argparse.ArgumentParser:
     """An ArgumentParser whose help shows a script's docstring: the first line as the description,
     the rest (examples, notes) verbatim after the flags. Usage errors are one line (exit code 2)."""
     first, _, rest = doc.partition("\n")
-    return _OneLineErrors(description=first, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return _OneLineErrors(
+        description=first, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
 
 
 class UsageError(Exception):
@@ -36,8 +38,8 @@ def run_config(args: argparse.Namespace, *, preset: str) -> tuple[dict[str, Any]
         UsageError: a flag conflicts with the checkpoint, a value is invalid, or the --resume file is
             missing or not a training checkpoint.
     """
+    from lib.checkpoint import latest_run, load_checkpoint
     from lib.config import config_from_args, config_with_overrides, given_fields, presets
-    from lib.train import latest_run, load_checkpoint
 
     try:
         if not getattr(args, "resume", None):

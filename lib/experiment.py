@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lib import distributed
+from lib.checkpoint import load_checkpoint
 from lib.config import RunConfig, config_with_overrides
 from lib.data import (
     DatasetError,
@@ -38,7 +39,7 @@ from lib.losses import SegmentationLoss
 from lib.published import comparison_table, published_results
 from lib.registry import DatasetSpec, TestSet, dataset_spec, resolve_test_sets
 from lib.test import EvaluationResult, evaluate, fit_sml_statistics, results_table
-from lib.train import fit, load_checkpoint
+from lib.train import fit
 from lib.utils import append_csv_row, atomic_write_bytes, next_run_dir, pick_device, seed_everything
 from lib.weights import fetch_weights, find_weights, load_initial_weights, load_weights, resolve_weights
 from network import build_model
@@ -525,7 +526,7 @@ def train(
 
     Args:
         resume: a checkpoint written by `fit`, its run folder (``last.pt``), or the checkpoint
-            already loaded (`lib.train.load_checkpoint`); `cfg` must be its config up to
+            already loaded (`lib.checkpoint.load_checkpoint`); `cfg` must be its config up to
             `lib.config.RUNTIME_FIELDS` (`lib.config.config_with_overrides`).
         device: default: ``cfg.device`` (under torchrun, this process's GPU).
         on_epoch_end: passed to `fit`.

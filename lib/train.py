@@ -1,4 +1,8 @@
-"""Training a run can be trusted with for days: the loop, its schedule, checkpoints and guard rails.
+"""Training a run can be trusted with for days: the loop and its guard rails.
+
+Its set-up lives in `lib.optim` (optimiser, learning-rate schedule, the module the loop calls, mixed
+precision, determinism) and what it checkpoints in `lib.checkpoint` (the state dict, random and
+data-order states, atomic writes, `load_checkpoint`); their names stay importable from here.
 
 `fit` is the whole of it: ``cfg.epochs`` passes of `train_one_epoch` (mixed precision, gradient
 accumulation and clipping, channels-last, torch.compile, DistributedDataParallel under torchrun),
@@ -24,9 +28,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
-import random
-import shutil
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -40,312 +41,78 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from lib import distributed
+from lib.checkpoint import (  # the state a run checkpoints; lib.train.load_checkpoint etc. keep working
+    CHECKPOINT_KEYS,
+    CHECKPOINT_VERSION,
+    CheckpointError,
+    DiskSpaceError,
+    check_free_space,
+    checkpoint_nbytes,
+    checkpoint_state,
+    data_order_state,
+    find_checkpoint,
+    latest_run,
+    load_checkpoint,
+    mark_best,
+    restore_data_order,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from lib.classes import IGNORE_INDEX
 from lib.config import RunConfig
 from lib.data import normalize
 from lib.figures import colorize, palette_for
 from lib.losses import SegmentationLoss, entropy_term, focal_loss, true_class_rows_entropy
 from lib.metrics import ConfusionMatrix
-from lib.utils import append_csv_row, atomic_torch_save
+from lib.optim import (  # the set-up of a run's training; lib.train.build_optimizer etc. keep working
+    AMP_DTYPES,
+    LRSchedule,
+    autocast,
+    build_optimizer,
+    build_scheduler,
+    configure_determinism,
+    group_lr,
+    param_groups,
+    prepare_model,
+    resolve_amp,
+    set_batchnorm_eval,
+)
+from lib.utils import append_csv_row, log_line
 
 __all__ = [
     "AMP_DTYPES",
-    "CHECKPOINT_KEYS",
-    "FINITE_CHECK_STEPS",
-    "CheckpointError",
-    "DiskSpaceError",
-    "LRSchedule",
+    "autocast",
     "build_optimizer",
     "build_scheduler",
     "check_free_space",
-    "checkpoint_state",
+    "CHECKPOINT_KEYS",
     "checkpoint_nbytes",
+    "checkpoint_state",
+    "CHECKPOINT_VERSION",
+    "CheckpointError",
     "configure_determinism",
     "data_order_state",
+    "DiskSpaceError",
     "find_checkpoint",
-    "latest_run",
+    "FINITE_CHECK_STEPS",
     "fit",
+    "latest_run",
     "load_checkpoint",
     "loss_from_sums",
     "loss_sums",
+    "LRSchedule",
+    "param_groups",
     "prepare_model",
     "resolve_amp",
     "restore_data_order",
     "rng_state",
     "save_checkpoint",
+    "set_batchnorm_eval",
     "set_rng_state",
     "train_one_epoch",
     "validate",
 ]
-
-CHECKPOINT_VERSION = 3  # 3: the schedule state holds its horizon (total_steps)
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class DiskSpaceError(OSError):
-    """Not enough free disk space to write a checkpoint."""
-
-
-# ----------------------------------------------------------------------------- optimiser, schedule
-
-
-def param_groups(model: nn.Module, cfg: RunConfig) -> list[dict[str, Any]]:
-    """Two parameter groups: ``backbone`` (lr ``cfg.backbone_lr``, default ``cfg.lr``) and ``head``
-    (everything else: ASPP, decoder, classifier; lr ``cfg.lr``). Empty groups are left out."""
-    backbone = getattr(model, "backbone", None)
-    in_backbone = {id(p) for p in backbone.parameters()} if isinstance(backbone, nn.Module) else set()
-    groups = [
-        {
-            "name": "backbone",
-            "params": [p for p in model.parameters() if id(p) in in_backbone],
-            "lr": cfg.backbone_lr if cfg.backbone_lr is not None else cfg.lr,
-        },
-        {"name": "head", "params": [p for p in model.parameters() if id(p) not in in_backbone], "lr": cfg.lr},
-    ]
-    return [g for g in groups if g["params"]]
-
-
-def build_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
-    """Adam (the seed's) or SGD with momentum 0.9 over `param_groups`."""
-    groups = param_groups(model, cfg)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def _group_lr(optimizer: torch.optim.Optimizer, name: str = "head") -> float:
-    for group in optimizer.param_groups:
-        if group.get("name") == name:
-            return group["lr"]
-    return optimizer.param_groups[-1]["lr"]
-
-
-class LRSchedule:
-    """Learning rate of each parameter group = its base rate x warm-up x poly x plateau factor.
-
-    - warm-up: optimizer step ``s`` (counted from 0) of the first ``warmup_iters`` uses
-      ``(s + 1) / warmup_iters``;
-    - ``kind="poly"``: ``(1 - s / total_steps) ** 0.9`` (DeepLab's schedule);
-    - ``kind="plateau"``: the factor halves (``factor``) when the validation loss has not improved
-      by a relative ``threshold`` for more than ``patience`` epochs, exactly as torch's
-      ``ReduceLROnPlateau(mode="min")`` with its defaults decides (the seed's schedule).
-
-    Call `step` after every optimizer step and `step_epoch` after every validation; the state
-    (`state_dict`) is a few numbers, saved with every checkpoint.
-
-    The horizon ``total_steps`` is part of the state: a resumed poly schedule continues the curve
-    it started on, whatever the resumed run's ``epochs``. `fit` refuses a resume whose epochs would
-    go past that horizon (the poly rate is 0 there: those epochs would train nothing) and logs
-    when the resumed run ends before it (the rate then stops above 0).
-    """
-
-    def __init__(
-        self,
-        optimizer: torch.optim.Optimizer,
-        *,
-        kind: str,
-        total_steps: int,
-        warmup_iters: int = 0,
-        patience: int = 5,
-        factor: float = 0.5,
-        threshold: float = 1e-4,
-        eps: float = 1e-8,
-    ) -> None:
-        if kind not in ("plateau", "poly"):
-            raise ValueError(f"unknown schedule {kind!r}; choose plateau or poly")
-        self.optimizer = optimizer
-        self.kind = kind
-        self.total_steps = max(1, int(total_steps))
-        self.warmup_iters = int(warmup_iters)
-        self.patience, self.factor, self.threshold, self.eps = patience, factor, threshold, eps
-        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
-        self.plateau_scales = [1.0] * len(self.base_lrs)
-        self.steps = 0  # optimizer steps taken
-        self.best = math.inf
-        self.bad_epochs = 0
-        self._apply()
-
-    def _factor(self) -> float:
-        s = self.steps
-        factor = (s + 1) / self.warmup_iters if s < self.warmup_iters else 1.0
-        if self.kind == "poly":
-            factor *= max(0.0, 1.0 - s / self.total_steps) ** 0.9
-        return factor
-
-    def _apply(self) -> None:
-        factor = self._factor()
-        for group, base, scale in zip(
-            self.optimizer.param_groups, self.base_lrs, self.plateau_scales, strict=True
-        ):
-            group["lr"] = base * factor * scale
-
-    def step(self) -> None:
-        """After an optimizer step: advance warm-up and poly."""
-        self.steps += 1
-        self._apply()
-
-    def step_epoch(self, val_loss: float) -> None:
-        """After a validation: the plateau rule (no-op for poly)."""
-        if self.kind != "plateau":
-            return
-        if val_loss < self.best * (1.0 - self.threshold):
-            self.best, self.bad_epochs = float(val_loss), 0
-        else:
-            self.bad_epochs += 1
-        if self.bad_epochs > self.patience:
-            for i, group in enumerate(self.optimizer.param_groups):
-                if group["lr"] - group["lr"] * self.factor > self.eps:
-                    self.plateau_scales[i] *= self.factor
-            self.bad_epochs = 0
-            self._apply()
-
-    @property
-    def last_lrs(self) -> list[float]:
-        return [group["lr"] for group in self.optimizer.param_groups]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "total_steps": self.total_steps,
-            "steps": self.steps,
-            "best": self.best,
-            "bad_epochs": self.bad_epochs,
-            "plateau_scales": list(self.plateau_scales),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore the progress and the horizon; the base rates come from the current config.
-
-        A state without ``total_steps`` (checkpoints before version 3) keeps this schedule's.
-        """
-        if state["kind"] != self.kind:
-            raise ValueError(f"schedule state is for {state['kind']!r}, this schedule is {self.kind!r}")
-        # The horizon shapes the whole poly curve: rebuilding it from a changed `epochs` would make
-        # the learning rate jump at the resume.
-        self.total_steps = max(1, int(state.get("total_steps", self.total_steps)))
-        self.steps = int(state["steps"])
-        self.best = float(state["best"])
-        self.bad_epochs = int(state["bad_epochs"])
-        self.plateau_scales = [float(s) for s in state["plateau_scales"]]
-        self._apply()
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig, *, total_steps: int) -> LRSchedule:
-    """The `LRSchedule` of `cfg` (scheduler, warmup_iters, plateau_patience) over `total_steps`
-    optimizer steps."""
-    return LRSchedule(
-        optimizer,
-        kind=cfg.scheduler,
-        total_steps=total_steps,
-        warmup_iters=cfg.warmup_iters,
-        patience=cfg.plateau_patience,
-    )
-
-
-# ----------------------------------------------------------------------------- model preparation
-
-
-def prepare_model(model: nn.Module, cfg: RunConfig, *, device: torch.device) -> nn.Module:
-    """The module the training loop calls, sharing its parameters with `model`.
-
-    In order: SyncBatchNorm (``cfg.sync_bn``, several CUDA processes), channels-last memory
-    format (``cfg.channels_last``), DistributedDataParallel (under torchrun) and ``torch.compile``
-    (``cfg.compile``). `model` itself is changed in place by the first two and stays the module
-    to save, validate and evaluate.
-    """
-    if cfg.sync_bn and distributed.is_distributed():
-        if device.type != "cuda":
-            raise ValueError(
-                "sync_bn needs CUDA (torch's SyncBatchNorm has no CPU path); on CPU leave it off "
-                "(each process then normalises its own batch) or use --freeze-bn"
-            )
-        converted = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        if converted is not model:
-            raise ValueError("sync_bn: the model's top module is a BatchNorm layer; wrap it in a module")
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    train_model: nn.Module = model
-    if distributed.is_distributed():
-        train_model = DistributedDataParallel(
-            model,
-            device_ids=[torch.cuda.current_device() if device.index is None else device.index]
-            if device.type == "cuda"
-            else None,
-        )
-    if cfg.compile:
-        train_model = torch.compile(train_model)
-    return train_model
-
-
-def set_batchnorm_eval(model: nn.Module) -> None:
-    """Put every BatchNorm layer in eval mode (running statistics used, not updated)."""
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.eval()
-
-
-def resolve_amp(amp: str, device: torch.device) -> str:
-    """The mixed-precision mode ``RunConfig.amp`` means on `device`: "auto" is bf16 on a GPU that
-    supports it, fp16 on one that does not (T4, P100: fp16 + GradScaler), off on a CPU."""
-    if amp != "auto":
-        return amp
-    if device.type != "cuda":
-        return "off"
-    # A T4 "supports" bf16 by emulation, slowly: only bf16 in hardware counts.
-    return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
-
-
-def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """Mixed-precision context of ``RunConfig.amp`` ("off": none; "auto": see `resolve_amp`)."""
-    amp = resolve_amp(amp, device)
-    if amp == "off":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
-
-
-#: The cuBLAS workspace setting torch's deterministic mode requires on CUDA >= 10.2.
-CUBLAS_WORKSPACE_CONFIG = ":4096:8"
-
-
-def configure_determinism(cfg: RunConfig, device: torch.device) -> None:
-    """Set torch's process-wide determinism switches for a run of `cfg` on `device`.
-
-    ``cfg.deterministic``: deterministic kernels wherever torch has them
-    (``torch.use_deterministic_algorithms(True, warn_only=True)``: an op without one warns, naming
-    it, and runs its usual kernel - raising would stop every DeepLab run, see below), cuDNN in its
-    deterministic mode without autotuning, and ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` in the
-    environment when it is unset. cuBLAS reads that variable when its first call of the process
-    sets up the workspace, so it must be set before the first cuBLAS call (a matmul / linear
-    layer on the GPU): `fit` calls this before its first CUDA computation, but a process that ran
-    one earlier (a notebook that trained before) needs it exported before it starts.
-
-    Otherwise on CUDA, cuDNN autotunes (``benchmark``: the crops are of fixed size, so it picks the
-    fastest kernels once), unless the caller enabled deterministic algorithms; nothing is switched
-    off that the caller switched on.
-
-    Where the guarantee holds: the same config and seed repeat bit for bit on the same machine,
-    GPU model, driver and software versions (torch, CUDA, cuDNN) and number of processes; the
-    DataLoader workers are seeded (`lib.data.seed_worker`), so augmentations repeat too. Other
-    GPU models or versions pick other kernels. CPU runs repeat on the same machine either way.
-    Except: on CUDA, the backward of bilinear upsampling and of adaptive average pooling (both in
-    every DeepLab) has no deterministic kernel in torch's docs; torch warns about them and those
-    gradients may differ in the last bits from run to run. (Not yet checked on a GPU.)
-    """
-    if not cfg.deterministic:
-        if device.type == "cuda" and not torch.are_deterministic_algorithms_enabled():
-            torch.backends.cudnn.benchmark = True
-        return
-    if "CUBLAS_WORKSPACE_CONFIG" not in os.environ:
-        if device.type == "cuda" and torch.cuda.is_initialized() and distributed.is_main():
-            _log(
-                "deterministic: CUBLAS_WORKSPACE_CONFIG set after CUDA started; if cuBLAS ran before, "
-                f"export CUBLAS_WORKSPACE_CONFIG={CUBLAS_WORKSPACE_CONFIG} before starting Python",
-                progress=cfg.progress,
-            )
-        os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE_CONFIG
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
 
 
 # ----------------------------------------------------------------------------- one epoch
@@ -489,7 +256,7 @@ def train_one_epoch(
             with autocast(device, cfg.amp):
                 logits = model(images)
             loss = criterion(logits.float(), masks)
-            lr = _group_lr(optimizer)  # the rate this step's update uses, for the NaN message
+            lr = group_lr(optimizer)  # the rate this step's update uses, for the NaN message
             scaler.scale(loss / group_size if group_size > 1 else loss).backward()
         if ends_group:
             if cfg.grad_clip is not None:
@@ -501,12 +268,12 @@ def train_one_epoch(
             if schedule is not None:
                 schedule.step()
         update = schedule.steps if ends_group and schedule is not None else None
-        losses.add(step, loss, images=images.shape[0], lr=lr, update=update, next_lr=_group_lr(optimizer))
+        losses.add(step, loss, images=images.shape[0], lr=lr, update=update, next_lr=group_lr(optimizer))
         if (step + 1) % FINITE_CHECK_STEPS == 0 or step == steps - 1:
             losses.check(writer)
             bar.set_postfix(
                 loss=f"{losses.mean:.4f}",
-                lr=f"{_group_lr(optimizer):.2e}",
+                lr=f"{group_lr(optimizer):.2e}",
                 img_s=f"{world * losses.count / (time.perf_counter() - start):.1f}",
             )
     losses.check(writer)  # a loader shorter than its length says: nothing left unread
@@ -653,223 +420,6 @@ def validate(
     return {"val_loss": loss, "val_mIoU": 100.0 * confusion.compute()["mIoU"]}
 
 
-# ----------------------------------------------------------------------------- random and data state
-
-
-def rng_state() -> dict[str, Any]:
-    """This process's Python, NumPy, torch and CUDA random states (loadable with weights_only)."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": {
-            "name": name,
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
-    }
-
-
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore what `rng_state` saved."""
-    random.setstate(state["python"])
-    np_state = state["numpy"]
-    np.random.set_state(
-        (
-            np_state["name"],
-            np_state["keys"].cpu().numpy().astype(np.uint32),
-            np_state["pos"],
-            np_state["has_gauss"],
-            np_state["cached_gaussian"],
-        )
-    )
-    torch.set_rng_state(state["torch"].cpu())  # a checkpoint may have been loaded onto a GPU
-    cuda = state.get("cuda")
-    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
-
-
-def data_order_state(loader: DataLoader) -> dict[str, Any]:
-    """What decides the order of the next epochs of `loader`.
-
-    A DistributedSampler's order is a function of (seed, epoch): nothing to save. A shuffling
-    sampler with a generator (one process): the generator's state.
-    """
-    sampler = loader.sampler
-    if isinstance(sampler, DistributedSampler):
-        return {"kind": "epoch"}
-    generator = getattr(sampler, "generator", None)
-    if isinstance(generator, torch.Generator):
-        return {"kind": "generator", "state": generator.get_state()}
-    return {"kind": "global"}  # drawn from the global torch RNG, restored with `set_rng_state`
-
-
-def restore_data_order(loader: DataLoader, state: Mapping[str, Any]) -> None:
-    """Make the next epochs of a fresh `loader` draw the order the interrupted run would have drawn.
-
-    The sampler shares the loader's generator, from which a new DataLoader iterator first draws
-    a seed for its workers. Persistent workers draw it once, in the first epoch only; a resumed run
-    draws it again, so the sampler then gets its own generator restored to the saved state.
-    """
-    if state.get("kind") != "generator":
-        return
-    sampler = loader.sampler
-    generator = getattr(sampler, "generator", None)
-    if not isinstance(generator, torch.Generator):
-        raise ValueError("the checkpoint saved a sampler generator but this loader's sampler has none")
-    if loader.num_workers > 0 and loader.persistent_workers:
-        generator = torch.Generator()
-        sampler.generator = generator
-    generator.set_state(state["state"])
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def checkpoint_nbytes(state: Any) -> int:
-    """Bytes of the tensors in a (nested) checkpoint dict, plus 1 MiB for everything else."""
-
-    def tensors(obj: Any) -> int:
-        if isinstance(obj, torch.Tensor):
-            return obj.nelement() * obj.element_size()
-        if isinstance(obj, Mapping):
-            return sum(tensors(v) for v in obj.values())
-        if isinstance(obj, list | tuple):
-            return sum(tensors(v) for v in obj)
-        return 0
-
-    return tensors(state) + 2**20
-
-
-def check_free_space(folder: str | Path, needed: int) -> None:
-    """Raise DiskSpaceError, naming the folder and the bytes, when `folder` has less than `needed` free."""
-    folder = Path(folder)
-    free = shutil.disk_usage(folder).free
-    if free < needed:
-        raise DiskSpaceError(
-            f"not enough free disk space to save a checkpoint in {folder}: need about {needed:,} bytes "
-            f"({needed / 2**30:.2f} GiB), only {free:,} free; free some space there or choose another "
-            "--out-dir (resume later with --resume pointing at the run folder)"
-        )
-
-
-def save_checkpoint(state: Mapping[str, Any], run_dir: str | Path, *, best: bool) -> None:
-    """Write ``run_dir/last.pt`` atomically and, when `best`, make it ``best.pt`` too.
-
-    The free space is checked first (DiskSpaceError). ``best.pt`` becomes a hard link to the new
-    ``last.pt`` (no second write; the next ``last.pt`` replaces the link, not the file it shares),
-    or a copy on file systems without hard links. Both are renamed into place, never half written.
-    """
-    run_dir = Path(run_dir)
-    check_free_space(run_dir, checkpoint_nbytes(state))
-    last = run_dir / "last.pt"
-    atomic_torch_save(dict(state), last)
-    if best:
-        _mark_best(run_dir)
-
-
-def _mark_best(run_dir: Path) -> None:
-    """Make ``best.pt`` the current ``last.pt`` (hard link, else copy), renamed into place."""
-    last = run_dir / "last.pt"
-    tmp = run_dir / ".best.pt.tmp"
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(last, tmp)
-    except OSError:
-        check_free_space(run_dir, last.stat().st_size)
-        shutil.copyfile(last, tmp)
-    os.replace(tmp, run_dir / "best.pt")
-
-
-def find_checkpoint(path: str | Path, *, name: str = "last.pt") -> Path:
-    """`path` itself when it is a file, else ``path/name`` (a run folder)."""
-    path = Path(path)
-    if path.is_dir():
-        candidate = path / name
-        if not candidate.is_file():
-            found = ", ".join(sorted(p.name for p in path.glob("*.pt"))) or "no .pt file"
-            raise FileNotFoundError(f"run folder {path} has no {name} ({found}); pass a checkpoint file")
-        return candidate
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path} (pass a .pt file or a run folder)")
-    return path
-
-
-def latest_run(out_dir: str | Path) -> Path:
-    """The run folder under ``out_dir/runs`` whose ``last.pt`` was written last: the run to resume
-    after a disconnect (``--resume latest``, the notebook's ``RESUME = "latest"``).
-
-    Raises:
-        FileNotFoundError: no run folder there has a ``last.pt``.
-    """
-    found = sorted(Path(out_dir, "runs").glob("*/last.pt"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise FileNotFoundError(f"no run to resume: no {Path(out_dir, 'runs')}/*/last.pt (start a new run)")
-    return found[-1].parent
-
-
-class CheckpointError(ValueError):
-    """A file that is not a usable training checkpoint (the message names it and the fix).
-
-    A ValueError: the command lines (``--resume``, ``scripts/test.py --checkpoint``) turn it into
-    their one-line usage error.
-    """
-
-
-#: What `fit` writes into every checkpoint and `load_checkpoint` requires.
-CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "epoch", "config")
-
-
-def load_checkpoint(path: str | Path, *, name: str = "last.pt", map_location: Any = "cpu") -> dict[str, Any]:
-    """A checkpoint written by `fit`, from its file or its run folder (``name`` inside it).
-
-    Returns:
-        The checkpoint dict (see `checkpoint_state`) with ``path`` added: the file read.
-
-    Raises:
-        FileNotFoundError: no such file, or a run folder without ``name``.
-        CheckpointError: (a ValueError) the file is not a torch file or is truncated, is not a dict
-            with the `CHECKPOINT_KEYS`, or its config is not a RunConfig of this code; one line
-            naming the file and what to do.
-    """
-    file = find_checkpoint(path, name=name)
-    fix = "pass a last.pt or best.pt that scripts/train.py wrote (a run folder works too), or start a new run"
-    try:
-        state = torch.load(file, map_location=map_location, weights_only=True)
-    except OSError:
-        raise  # permissions, a vanished file: the system's message says it
-    except Exception as err:  # torch raises many types for a bad file; all mean the same here
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise CheckpointError(
-            f"{file} cannot be read as a torch checkpoint ({type(err).__name__}: {reason}): it is "
-            f"truncated or not a torch file; {fix}"
-        ) from err
-    if not isinstance(state, dict):
-        raise CheckpointError(
-            f"{file} holds a {type(state).__name__}, not a training checkpoint of this project; {fix}"
-        )
-    missing = [key for key in CHECKPOINT_KEYS if key not in state]
-    if missing:
-        raise CheckpointError(
-            f"{file} is not a training checkpoint of this project (missing {missing}; weights to "
-            f"fine-tune from go to --checkpoint of scripts/train.py, trained weights to --weights "
-            f"of scripts/test.py); {fix}"
-        )
-    try:
-        RunConfig.from_dict(dict(state["config"]))
-    except (TypeError, ValueError) as err:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise CheckpointError(
-            f"{file} has a config that is not a RunConfig of this code ({reason}): it was written by "
-            "another version of the project; use that version, or start a new run"
-        ) from err
-    state["path"] = str(file)
-    return state
-
-
 # ----------------------------------------------------------------------------- logging
 
 
@@ -905,13 +455,6 @@ def prediction_panels(
         rgb = image.permute(1, 2, 0).cpu().numpy()
         panels.append(np.concatenate([rgb, colorize(mask, palette), colorize(prediction, palette)], axis=1))
     return panels
-
-
-def _log(message: str, *, progress: bool) -> None:
-    if progress:
-        tqdm.write(message)
-    else:
-        print(message, flush=True)
 
 
 # ----------------------------------------------------------------------------- fit
@@ -1075,7 +618,7 @@ def _setup(
     scaler = torch.amp.GradScaler(device.type, enabled=resolve_amp(cfg.amp, device) == "fp16")
     main = distributed.is_main()
     if main and cfg.amp == "auto":
-        _log(f"amp=auto on {device}: {resolve_amp(cfg.amp, device)}", progress=cfg.progress)
+        log_line(f"amp=auto on {device}: {resolve_amp(cfg.amp, device)}", progress=cfg.progress)
     return _Run(
         model=model, train_model=train_model, train_loader=train_loader, val_loader=val_loader,
         criterion=criterion, optimizer=optimizer, schedule=schedule, scaler=scaler, cfg=cfg,
@@ -1104,15 +647,15 @@ def _resume(run: _Run, resume: Mapping[str, Any]) -> None:
     for row in run.history:
         append_csv_row(run.run_dir / "history.csv", row)
     path = resume.get("path", "checkpoint")
-    _log(f"resuming {path} after epoch {len(run.history)}", progress=run.cfg.progress)
+    log_line(f"resuming {path} after epoch {len(run.history)}", progress=run.cfg.progress)
     if run.schedule.kind == "poly" and planned_steps < run.schedule.total_steps:
-        _log(
+        log_line(
             f"poly schedule: keeping the checkpoint's horizon of {run.schedule.total_steps} optimizer "
             f"steps; epochs={run.cfg.epochs} ends at step {planned_steps}, before the rate reaches 0",
             progress=run.cfg.progress,
         )
     if run.since_best == 0 and Path(resume.get("path", "")).resolve() == (run.run_dir / "last.pt").resolve():
-        _mark_best(run.run_dir)  # the last epoch was the best: a kill may have come before best.pt was
+        mark_best(run.run_dir)  # the last epoch was the best: a kill may have come before best.pt was
 
 
 def _last_epoch(run: _Run, *, resumed: bool) -> int:
@@ -1142,9 +685,9 @@ def _train_and_validate(run: _Run, epoch: int) -> tuple[dict[str, float], bool]:
     if isinstance(run.train_loader.sampler, DistributedSampler):
         run.train_loader.sampler.set_epoch(epoch)
     start = time.perf_counter()
-    lrs = {"lr": _group_lr(run.optimizer)}
+    lrs = {"lr": group_lr(run.optimizer)}
     if run.cfg.backbone_lr is not None:
-        lrs["lr_backbone"] = _group_lr(run.optimizer, "backbone")
+        lrs["lr_backbone"] = group_lr(run.optimizer, "backbone")
     train_loss = train_one_epoch(
         run.train_model, run.train_loader, run.criterion, run.optimizer, run.cfg,
         device=run.device, epoch=epoch, schedule=run.schedule, scaler=run.scaler, writer=run.writer,
@@ -1190,52 +733,18 @@ def _stops_early(run: _Run, epoch: int) -> bool:
     if patience is None or run.since_best < patience:
         return False
     if run.main:
-        _log(
+        log_line(
             f"early stopping after epoch {epoch}: no new best validation loss for {patience} epochs",
             progress=run.cfg.progress,
         )
     return True
 
 
-def checkpoint_state(
-    *,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    schedule: LRSchedule,
-    scaler: torch.amp.GradScaler,
-    cfg: RunConfig,
-    history: list[dict[str, float]],
-    best_val_loss: float,
-    epochs_since_best: int,
-    rng: list[dict[str, Any]],
-    data_order: dict[str, Any],
-) -> dict[str, Any]:
-    """The one dict a checkpoint holds: everything `fit` needs to go on exactly, and the config.
-
-    ``rng`` holds one `rng_state` per process (by rank); ``epoch`` is the last finished epoch.
-    """
-    return {
-        "version": CHECKPOINT_VERSION,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": schedule.state_dict(),
-        "scaler": scaler.state_dict(),
-        "epoch": int(history[-1]["epoch"]),
-        "config": cfg.to_dict(),
-        "history": history,
-        "best_val_loss": best_val_loss,
-        "epochs_since_best": epochs_since_best,
-        "rng": rng,
-        "data_order": data_order,
-        "world_size": distributed.world_size(),
-    }
-
-
 def _report_epoch(row: Mapping[str, float], cfg: RunConfig, *, improved: bool, bar: Any) -> None:
     bar.set_postfix(
         train=f"{row['train_loss']:.4f}", val=f"{row['val_loss']:.4f}", mIoU=f"{row['val_mIoU']:.1f}"
     )
-    _log(
+    log_line(
         f"epoch {row['epoch']}/{cfg.epochs}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
         f"val mIoU {row['val_mIoU']:.2f}, lr {row['lr']:.2e}, {row['seconds']:.0f} s"
         + (" (best)" if improved else ""),

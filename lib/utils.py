@@ -115,3 +115,14 @@ def next_run_dir(out_dir: str | Path, name: str | None = None) -> Path:
             return path
         except FileExistsError:
             n += 1
+
+
+def log_line(message: str, *, progress: bool) -> None:
+    """Print one line of a run's log: through tqdm while progress bars are shown (so that the bar
+    is not broken), else plainly, flushed."""
+    if progress:
+        from tqdm.auto import tqdm
+
+        tqdm.write(message)
+    else:
+        print(message, flush=True)

@@ -20,7 +20,7 @@ Checks (by group, as --checks names them):
   train     train/{fp32,fp16,bf16,channels_last}: the tiny preset trained and evaluated end to end
             by lib.experiment.run on --device; PASS when it finishes with finite losses and metrics.
             fp16 is skipped on the CPU, bf16 where torch.cuda.is_bf16_supported() is False.
-  sync_bn   lib.train.prepare_model with sync_bn in a world-size-1 process group (NCCL on CUDA,
+  sync_bn   lib.optim.prepare_model with sync_bn in a world-size-1 process group (NCCL on CUDA,
             else gloo) as under torchrun: every BatchNorm becomes a SyncBatchNorm, DDP wraps it, one
             training step matches plain BatchNorm. On the CPU (no SyncBatchNorm training path): the
             conversion, an eval forward and prepare_model's refusal are checked.
@@ -508,7 +508,7 @@ def sync_bn_step(ctx: Context, backend: str) -> str:
     """CUDA: convert + DDP through prepare_model, one training step, compared with BatchNorm."""
     from lib import distributed
     from lib.config import RunConfig
-    from lib.train import prepare_model
+    from lib.optim import prepare_model
 
     model, reference, x = sync_bn_model(ctx)
     n_bn = count_modules(model, nn.BatchNorm2d)
@@ -536,7 +536,7 @@ def sync_bn_on_cpu(ctx: Context) -> str:
     prepare_model refuses sync_bn on the CPU with its message."""
     from lib import distributed
     from lib.config import RunConfig
-    from lib.train import prepare_model
+    from lib.optim import prepare_model
 
     model, reference, x = sync_bn_model(ctx)
     with mock.patch.object(distributed, "is_distributed", return_value=True):

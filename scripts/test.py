@@ -114,6 +114,7 @@ def evaluate_weights(args: argparse.Namespace) -> int:
 
 def evaluate_checkpoint(args: argparse.Namespace) -> int:
     """Rebuild the checkpoint's model and config, evaluate it, print and record the results."""
+    from lib.checkpoint import load_checkpoint
     from lib.cli import UsageError
     from lib.config import config_with_overrides, given_fields
     from lib.experiment import (
@@ -124,7 +125,6 @@ def evaluate_checkpoint(args: argparse.Namespace) -> int:
         selection_overlap_note,
     )
     from lib.test import results_table
-    from lib.train import load_checkpoint
     from lib.utils import append_csv_row, atomic_write_bytes, pick_device, seed_everything
 
     if args.preset or args.weights:

@@ -271,7 +271,7 @@ def test_train_script_with_the_reference_flags_alone_trains_its_recipe(monkeypat
 
 
 def test_resolve_amp():
-    from lib.train import resolve_amp
+    from lib.optim import resolve_amp
 
     assert resolve_amp("auto", torch.device("cpu")) == "off"
     assert resolve_amp("fp16", torch.device("cpu")) == "fp16"
@@ -285,9 +285,9 @@ def test_resume_latest_picks_the_run_checkpointed_last(tmp_path, monkeypatch):
     import argparse
     import os
 
-    import lib.train
+    import lib.checkpoint
+    from lib.checkpoint import latest_run
     from lib.cli import run_config
-    from lib.train import latest_run
 
     with pytest.raises(FileNotFoundError, match="no run to resume"):
         latest_run(tmp_path)
@@ -302,7 +302,7 @@ def test_resume_latest_picks_the_run_checkpointed_last(tmp_path, monkeypatch):
         loaded.append(Path(path))
         return {"path": str(Path(path) / "last.pt"), "config": RunConfig().to_dict()}
 
-    monkeypatch.setattr(lib.train, "load_checkpoint", fake_load)
+    monkeypatch.setattr(lib.checkpoint, "load_checkpoint", fake_load)
     args = argparse.Namespace(resume="latest", out_dir=str(tmp_path))
     checkpoint, cfg = run_config(args, preset="streethazards")
     assert loaded == [tmp_path / "runs" / "run_7"] and cfg == RunConfig(out_dir=str(tmp_path))

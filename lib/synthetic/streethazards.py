@@ -195,7 +195,12 @@ def generate_streethazards(
     folders = [d for s in splits.values() for d in (s.town_image_dir, s.town_annotation_dir)]
     odgts = [s.odgt for s in splits.values()]
     marker = check_root(
-        root, params, owned=folders + odgts, layout="StreetHazards", overwrite=overwrite, regenerate=regenerate
+        root,
+        params,
+        owned=folders + odgts,
+        layout="StreetHazards",
+        overwrite=overwrite,
+        regenerate=regenerate,
     )
     if (
         marker is not None

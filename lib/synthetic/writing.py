@@ -102,7 +102,9 @@ def _other_data_message(root: Path, old: dict, params: dict) -> str:
 def _same_generated_format(old: dict, params: dict) -> bool:
     """Whether marker parameters `old` are this generator's, in the format `params` asks for."""
     fmt = "streethazards"  # the StreetHazards writer's parameters name no format
-    return old.get("generator") == params.get("generator") and old.get("format", fmt) == params.get("format", fmt)
+    return old.get("generator") == params.get("generator") and old.get("format", fmt) == params.get(
+        "format", fmt
+    )
 
 
 def check_root(

@@ -1,9 +1,10 @@
 """Figures of runs and datasets: label maps in colour, examples, curves, histograms, confusion
 matrices, IoU against pixel share, class distributions, loss curves; `save_run_figures` writes a
-run's set. Each ``plot_*`` returns a matplotlib Figure (matplotlib is imported when one is drawn)."""
+run's set; the figures of a grid of runs (`lib.grid`) from plain rows. Each ``plot_*`` returns a matplotlib Figure (matplotlib is imported when one is drawn)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -376,3 +377,120 @@ def save_run_figures(
         fig.savefig(paths[-1], dpi=90)
         plt.close(fig)
     return paths
+
+
+# ----------------------------------------------------------------------------- grids of runs
+
+
+def _as_float(value: Any, missing: float = math.nan) -> float:
+    return missing if value in ("", None) else float(value)
+
+
+def plot_setting_bars(
+    summary: Sequence[Mapping[str, Any]],
+    scores: Sequence[str],
+    *,
+    labels: Sequence[str],
+    name: str,
+    protocol: str,
+):
+    """Grouped bars: AUPR of each score per setting (error bars: ``<score>_std``), and mIoU; the Figure.
+
+    Args:
+        summary: one row per setting with ``<score>``, ``<score>_std``, ``mIoU``, ``mIoU_std``, ``n``
+            (runs averaged) and ``anomaly_pixel_share`` (a random score's AUPR: a reference line).
+        labels: a label per row (e.g. "head=distance, loss=fl+h").
+        name, protocol: the grid's name and the AUPR protocol, for the titles.
+    """
+    import matplotlib.pyplot as plt
+
+    height = 1.2 + 0.45 * len(summary) * max(1, len(scores)) / 2
+    fig, (ax, ax_iou) = plt.subplots(
+        1, 2, figsize=(13, height), gridspec_kw={"width_ratios": [3, 1]}, sharey=True, constrained_layout=True
+    )
+    y = np.arange(len(summary))
+    bar = 0.8 / max(1, len(scores))
+    for j, score in enumerate(scores):
+        means = [_as_float(s[score]) for s in summary]
+        stds = [_as_float(s.get(f"{score}_std"), 0.0) for s in summary]
+        bars = ax.barh(y + (j - (len(scores) - 1) / 2) * bar, means, bar, xerr=stds, label=score, capsize=2)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+    shares = [_as_float(s.get("anomaly_pixel_share")) for s in summary]
+    shares = [v for v in shares if not math.isnan(v)]
+    if shares:  # a random score's AUPR is the anomaly pixel share
+        ax.axvline(sum(shares) / len(shares), color="gray", linestyle="--", linewidth=1, label="random score")
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"AUPR (%, {protocol}) - higher is better")
+    ax.legend(fontsize=8, loc="lower right")
+    means = [_as_float(s["mIoU"]) for s in summary]
+    stds = [_as_float(s.get("mIoU_std"), 0.0) for s in summary]
+    bars = ax_iou.barh(y, means, 0.6, xerr=stds, color="#8c8c8c", capsize=2)
+    ax_iou.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+    ax_iou.set_xlabel("mIoU (%)")
+    n = sorted({int(s["n"]) for s in summary})
+    fig.suptitle(f"grid '{name}': mean over {'/'.join(map(str, n))} seed(s), bars = std")
+    return fig
+
+
+def plot_two_field_heatmaps(
+    summary: Sequence[Mapping[str, Any]],
+    scores: Sequence[str],
+    *,
+    fields: Mapping[str, Sequence[str]],
+    name: str,
+    protocol: str,
+):
+    """One heatmap per score (and mIoU) over two fields; the Figure.
+
+    Args:
+        summary: one row per setting, holding both fields' values (as strings) and the columns.
+        fields: the two fields and their values in display order (rows: the first, columns: the
+            second), written as in `summary`.
+        name, protocol: the grid's name and the AUPR protocol, for the title.
+    """
+    import matplotlib.pyplot as plt
+
+    (first, rows_v), (second, cols_v) = ((k, [str(v) for v in values]) for k, values in fields.items())
+    panels = [*scores, "mIoU"]
+    fig, axes = plt.subplots(
+        1,
+        len(panels),
+        figsize=(3.2 * len(panels), 0.5 * len(rows_v) + 2),
+        constrained_layout=True,
+        squeeze=False,
+    )
+    for ax, column in zip(axes[0], panels, strict=True):
+        grid_values = np.full((len(rows_v), len(cols_v)), np.nan)
+        for s in summary:
+            if s[column] != "":
+                grid_values[rows_v.index(str(s[first])), cols_v.index(str(s[second]))] = float(s[column])
+        ax.imshow(grid_values, cmap="viridis")
+        for (i, j), v in np.ndenumerate(grid_values):
+            if not np.isnan(v):
+                ax.text(j, i, f"{v:.1f}", ha="center", va="center", color="white", fontsize=8)
+        ax.set_xticks(range(len(cols_v)), cols_v)
+        ax.set_yticks(range(len(rows_v)), rows_v)
+        ax.set_xlabel(second)
+        ax.set_ylabel(first)
+        ax.set_title("mIoU (%)" if column == "mIoU" else f"{column} AUPR (%)")
+    fig.suptitle(f"grid '{name}' ({protocol}); brighter = higher")
+    return fig
+
+
+def plot_loss_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]]):
+    """Validation loss per epoch of every run (label -> its ``history.csv`` rows); the Figure, or
+    None when there is none."""
+    import matplotlib.pyplot as plt
+
+    if not histories:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4), constrained_layout=True)
+    for label, history in histories.items():
+        ax.plot([int(h["epoch"]) for h in history], [float(h["val_loss"]) for h in history],
+                marker=".", linewidth=1, label=label)  # fmt: skip
+    ax.set(xlabel="epoch", ylabel="validation loss", title="validation loss of every run")
+    ax.set_yscale("log")
+    if len(histories) <= 16:
+        ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return fig

@@ -53,6 +53,7 @@ from typing import Any
 import tomllib
 
 from lib.config import RUNTIME_FIELDS, RunConfig, presets
+from lib.figures import plot_loss_curves, plot_setting_bars, plot_two_field_heatmaps
 from lib.registry import dataset_spec
 from lib.utils import append_csv_row, atomic_write_bytes, write_csv
 
@@ -544,16 +545,21 @@ def plot_grid(
     rows = [r for r in rows if r.get("status", "ok") == "ok"]
     scores = [c for c in metric_columns(rows, exclude=list(grid.params)) if f"{c}_AUROC" in rows[0]]
     paths = []
-    fig = plot_grid_bars(grid, summary, scores)
+    labels = [setting_label(grid, s) for s in summary]
+    fig = plot_setting_bars(summary, scores, labels=labels, name=grid.name, protocol=grid.protocol)
     paths.append(out_dir / f"{grid.name}_aupr.png")
     fig.savefig(paths[-1], dpi=100)
     plt.close(fig)
     if len(grid.params) == 2:
-        fig = plot_grid_heatmap(grid, summary, scores)
+        fields = {name: [cell(v) for v in values] for name, values in grid.params.items()}
+        fig = plot_two_field_heatmaps(summary, scores, fields=fields, name=grid.name, protocol=grid.protocol)
         paths.append(out_dir / f"{grid.name}_heatmap.png")
         fig.savefig(paths[-1], dpi=100)
         plt.close(fig)
-    fig = plot_grid_losses(rows, out_dir / "runs")
+    histories = {
+        r["run"].split("_", 1)[-1]: read_rows(out_dir / "runs" / r["run"] / "history.csv") for r in rows
+    }
+    fig = plot_loss_curves({label: h for label, h in histories.items() if h})
     if fig is not None:
         paths.append(out_dir / f"{grid.name}_loss.png")
         fig.savefig(paths[-1], dpi=100)
@@ -568,97 +574,6 @@ def plot_grid(
         f"figures of the best run ({best['run']}, highest AUPR of any score): {out_dir}/{grid.name}_best_*.png"
     )
     return paths
-
-
-def plot_grid_bars(grid: Grid, summary: Sequence[Mapping[str, Any]], scores: Sequence[str]):
-    """Grouped bars: AUPR of each score per combination (std error bars), and mIoU; the Figure."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    labels = [setting_label(grid, s) for s in summary]
-    height = 1.2 + 0.45 * len(summary) * max(1, len(scores)) / 2
-    fig, (ax, ax_iou) = plt.subplots(
-        1, 2, figsize=(13, height), gridspec_kw={"width_ratios": [3, 1]}, sharey=True, constrained_layout=True
-    )
-    y = np.arange(len(summary))
-    bar = 0.8 / max(1, len(scores))
-    for j, score in enumerate(scores):
-        means = [_number(s[score]) for s in summary]
-        stds = [_number(s.get(f"{score}_std"), 0.0) for s in summary]
-        bars = ax.barh(y + (j - (len(scores) - 1) / 2) * bar, means, bar, xerr=stds, label=score, capsize=2)
-        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
-    shares = [_number(s.get("anomaly_pixel_share")) for s in summary]
-    shares = [v for v in shares if not math.isnan(v)]
-    if shares:  # a random score's AUPR is the anomaly pixel share
-        ax.axvline(sum(shares) / len(shares), color="gray", linestyle="--", linewidth=1, label="random score")
-    ax.set_yticks(y, labels, fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel(f"AUPR (%, {grid.protocol}) - higher is better")
-    ax.legend(fontsize=8, loc="lower right")
-    means = [_number(s["mIoU"]) for s in summary]
-    stds = [_number(s.get("mIoU_std"), 0.0) for s in summary]
-    bars = ax_iou.barh(y, means, 0.6, xerr=stds, color="#8c8c8c", capsize=2)
-    ax_iou.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
-    ax_iou.set_xlabel("mIoU (%)")
-    n = sorted({int(s["n"]) for s in summary})
-    fig.suptitle(f"grid '{grid.name}': mean over {'/'.join(map(str, n))} seed(s), bars = std")
-    return fig
-
-
-def plot_grid_heatmap(grid: Grid, summary: Sequence[Mapping[str, Any]], scores: Sequence[str]):
-    """One heatmap per score over a two-field grid (rows: first field, columns: second); the Figure."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    first, second = grid.params
-    rows_v = [cell(v) for v in grid.params[first]]
-    cols_v = [cell(v) for v in grid.params[second]]
-    panels = [*scores, "mIoU"]
-    fig, axes = plt.subplots(
-        1,
-        len(panels),
-        figsize=(3.2 * len(panels), 0.5 * len(rows_v) + 2),
-        constrained_layout=True,
-        squeeze=False,
-    )
-    for ax, column in zip(axes[0], panels, strict=True):
-        grid_values = np.full((len(rows_v), len(cols_v)), np.nan)
-        for s in summary:
-            if s[column] != "":
-                grid_values[rows_v.index(str(s[first])), cols_v.index(str(s[second]))] = float(s[column])
-        ax.imshow(grid_values, cmap="viridis")
-        for (i, j), v in np.ndenumerate(grid_values):
-            if not np.isnan(v):
-                ax.text(j, i, f"{v:.1f}", ha="center", va="center", color="white", fontsize=8)
-        ax.set_xticks(range(len(cols_v)), cols_v)
-        ax.set_yticks(range(len(rows_v)), rows_v)
-        ax.set_xlabel(second)
-        ax.set_ylabel(first)
-        ax.set_title("mIoU (%)" if column == "mIoU" else f"{column} AUPR (%)")
-    fig.suptitle(f"grid '{grid.name}' ({grid.protocol}); brighter = higher")
-    return fig
-
-
-def plot_grid_losses(rows: Sequence[Mapping[str, Any]], runs_dir: Path):
-    """Validation loss per epoch of every run with a ``history.csv``; the Figure, or None."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4), constrained_layout=True)
-    drawn = 0
-    for row in rows:
-        history = read_rows(runs_dir / row["run"] / "history.csv")
-        if history:
-            ax.plot([int(h["epoch"]) for h in history], [float(h["val_loss"]) for h in history],
-                    marker=".", linewidth=1, label=row["run"].split("_", 1)[-1])  # fmt: skip
-            drawn += 1
-    if not drawn:
-        plt.close(fig)
-        return None
-    ax.set(xlabel="epoch", ylabel="validation loss", title="validation loss of every run")
-    ax.set_yscale("log")
-    if drawn <= 16:
-        ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    return fig
 
 
 __all__ = [

@@ -1,23 +1,11 @@
-"""Segmentation datasets (one base class), image+mask transforms, validation, loaders, class statistics.
+"""The dataset base class, image+mask transforms, validation, loaders, class statistics.
 
 Every dataset returns ``(image, mask)``: image a ``tv_tensors.Image`` uint8 of Shape (3, H, W),
 mask a ``tv_tensors.Mask`` int64 train ids of Shape (H, W) with 255 = ignore. The base class
 `SegmentationDataset` does the decoding, the raw-value -> train-id mapping (a 256-entry lookup
 table per dataset, `LabelEncoding`), the checks and `validate`; a dataset only says where its
-files are. StreetHazards lives here; Cityscapes, BDD100K, LostAndFound and RoadAnomaly are in
-`lib.datasets`.
-
-StreetHazards layout (the real release and the synthetic one that `lib.synthetic` writes)::
-
-    root/train/images/training/t1-3/*.png   root/train/annotations/training/t1-3/*.png
-    root/train/images/validation/t4/*.png   root/train/annotations/validation/t4/*.png
-    root/test/images/test/t5/*.png          root/test/annotations/test/t5/*.png   (t6, t5-6 too)
-    root/train/training.odgt, root/train/validation.odgt, root/test/test.odgt    (optional index)
-
-(`STREETHAZARDS_SPLITS`, the one definition of it that `lib.synthetic` and `lib.download` use too.)
-
-StreetHazards annotations are single-channel PNGs with raw values 1..14; the dataset returns
-train ids ``raw - 1`` (0..13, anomaly = 13), and raw 0 becomes the ignore value 255.
+files are. The datasets themselves - StreetHazards, Cityscapes, BDD100K, LostAndFound, RoadAnomaly -
+are in `lib.datasets` (``lib.data.StreetHazards`` and its helpers still resolve there).
 
 Speed: 8-bit RGB PNGs are decoded by libspng when ``pyspng`` is installed (else, like every other
 file, by OpenCV straight to RGB; both give identical pixels), transforms run on uint8 tensors,
@@ -28,7 +16,6 @@ it against the seed's PIL pipeline; PNG decoding (mostly zlib inflate) is most o
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,11 +25,11 @@ from typing import ClassVar
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from lib.classes import ANOMALY_ID, IGNORE_INDEX, RAW_MAX, RAW_MIN, STREETHAZARDS_CLASSES
+from lib.classes import IGNORE_INDEX
 from lib.layout import STREETHAZARDS_SPLITS, StreetHazardsSplit  # noqa: F401 - re-exported
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -368,7 +355,7 @@ class SegmentationDataset(Dataset):
                 f"split {self.split!r} of {self.name} under {self.root} is empty: no image in {where}; "
                 "check that the dataset was extracted completely"
             )
-        return _with_annotations([Sample(p, annotation_for(p)) for p in sorted(images)])
+        return with_annotations([Sample(p, annotation_for(p)) for p in sorted(images)])
 
 
 def suggest_root(root: Path, required: Sequence[str]) -> Path | None:
@@ -386,46 +373,10 @@ def suggest_root(root: Path, required: Sequence[str]) -> Path | None:
     return None
 
 
-# ----------------------------------------------------------------------------- StreetHazards
+# ----------------------------------------------------------------------------- pairing
 
 
-def find_samples(root: str | Path, split: str) -> list[Sample]:
-    """List (image, annotation) pairs of a StreetHazards split.
-
-    Reads the split's ``.odgt`` index when present (one JSON array line, or one JSON object
-    per line), else pairs the PNGs found under the split's image folder with the annotation
-    of the same relative path.
-
-    Raises:
-        DatasetError: unknown split, missing folders, empty split or unpaired files.
-    """
-    if split not in STREETHAZARDS_SPLITS:
-        raise DatasetError(f"unknown split {split!r}; valid splits: {', '.join(STREETHAZARDS_SPLITS)}")
-    root = Path(root)
-    layout = STREETHAZARDS_SPLITS[split]
-    odgt, image_dir, annotation_dir = layout.odgt, layout.image_dir, layout.annotation_dir
-    if not (root / image_dir).is_dir():
-        raise DatasetError(_missing_root_message(root, image_dir))
-    if (root / odgt).is_file():
-        samples = [Sample(root / r["fpath_img"], root / r["fpath_segm"]) for r in read_odgt(root / odgt)]
-        missing = [s for s in samples if not s.image.is_file()]
-        if missing:
-            raise DatasetError(
-                f"{root / odgt} lists {len(missing)} image(s) that do not exist, e.g. {missing[0].image}; "
-                "re-extract the dataset or delete the .odgt file to index the folders instead"
-            )
-    else:
-        images = sorted((root / image_dir).rglob("*.png"))
-        samples = [Sample(p, root / annotation_dir / p.relative_to(root / image_dir)) for p in images]
-    if not samples:
-        raise DatasetError(
-            f"split {split!r} under {root} is empty: no PNG in {root / image_dir}; "
-            "check that the dataset was extracted completely"
-        )
-    return _with_annotations(samples)
-
-
-def _with_annotations(samples: list[Sample]) -> list[Sample]:
+def with_annotations(samples: list[Sample]) -> list[Sample]:
     """`samples`, after checking that every annotation file exists (else DatasetError naming it)."""
     for s in samples:
         if not s.annotation.is_file():
@@ -434,107 +385,6 @@ def _with_annotations(samples: list[Sample]) -> list[Sample]:
                 "restore the annotation or remove the image"
             )
     return samples
-
-
-def read_odgt(path: str | Path) -> list[dict]:
-    """Read an .odgt index: one line holding a JSON array, or one JSON object per line."""
-    text = Path(path).read_text().strip()
-    if not text:
-        return []
-    try:
-        if text.startswith("["):
-            return list(json.loads(text))
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as err:
-        raise DatasetError(f"{path} is not a valid .odgt file ({err}); regenerate it or delete it") from None
-
-
-def _missing_root_message(root: Path, image_dir: str) -> str:
-    message = f"dataset folder {root / image_dir} does not exist"
-    found = suggest_root(root, [image_dir])
-    if found is not None:
-        return f"{message}; did you mean data_root={str(found)!r}?"
-    if not root.exists():
-        return (
-            f"{message}: {root} is missing. Download StreetHazards (scripts/download_streethazards.sh) "
-            "or use dataset='synthetic' to generate the embedded dataset"
-        )
-    return f"{message}; point data_root at the folder that contains train/ and test/"
-
-
-#: StreetHazards raw 1..14 -> train ids 0..13; raw 0 (no label) -> ignore.
-STREETHAZARDS_ENCODING = LabelEncoding.from_mapping(
-    {0: IGNORE_INDEX, **{raw: raw - RAW_MIN for raw in range(RAW_MIN, RAW_MAX + 1)}},
-    f"{RAW_MIN}..{RAW_MAX} (0 = no label)",
-)
-
-
-class StreetHazards(SegmentationDataset):
-    """StreetHazards split as (image, mask) pairs.
-
-    Args:
-        root: folder that contains ``train/`` and ``test/``.
-        split: ``train``, ``val`` or ``test``.
-        transforms: a transforms-v2 callable taking and returning ``(Image, Mask)``.
-        limit: keep only the first ``limit`` samples.
-
-    Returns (per item):
-        image: ``tv_tensors.Image`` uint8, Shape (3, H, W) (normalise with `normalize`).
-        mask: ``tv_tensors.Mask`` int64 train ids, Shape (H, W); 13 = anomaly, 255 = ignore.
-    """
-
-    name = "StreetHazards"
-    classes = STREETHAZARDS_CLASSES
-    splits = tuple(STREETHAZARDS_SPLITS)
-    anomaly_id = ANOMALY_ID
-    encoding = STREETHAZARDS_ENCODING
-
-    def find_samples(self) -> list[Sample]:
-        return find_samples(self.root, self.split)
-
-    def annotation_files(self) -> list[tuple[Path, Path]]:
-        layout = STREETHAZARDS_SPLITS[self.split]
-        image_dir, annotation_dir = self.root / layout.image_dir, self.root / layout.annotation_dir
-        if not annotation_dir.is_dir():
-            return []
-        return [(a, image_dir / a.relative_to(annotation_dir)) for a in sorted(annotation_dir.rglob("*.png"))]
-
-
-def read_annotation(path: Path) -> torch.Tensor:
-    """Decode a StreetHazards annotation to train ids. Shape: (H, W), int64, ignore = 255.
-
-    Raises:
-        DatasetError: undecodable file, more than one channel, or a value outside 0..14.
-    """
-    labels = STREETHAZARDS_ENCODING.encode(read_label_png(path), path=Path(path), dataset="StreetHazards")
-    return torch.from_numpy(labels).long()
-
-
-def check_annotation_values(labels: torch.Tensor, path: Path) -> None:
-    """Raise DatasetError if StreetHazards train ids hold a value outside 0..13 (255 allowed)."""
-    bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels > RAW_MAX - RAW_MIN))
-    if bool(bad.any()):
-        value = int(labels[bad][0]) + 1
-        raise DatasetError(
-            f"annotation {path} has value {value}; StreetHazards labels are {RAW_MIN}..{RAW_MAX} "
-            "(raw PNG values): check that this is a StreetHazards annotation and not a colour or train-id image"
-        )
-
-
-def validate_split(root: str | Path, split: str, *, decode: bool = True) -> int:
-    """Check a StreetHazards split before training: pairs exist, files decode, sizes match,
-    labels in 1..14 (see `SegmentationDataset.validate`; other datasets: ``ds.validate()``).
-
-    Args:
-        decode: also decode every image and annotation (reads every byte once).
-
-    Returns:
-        The number of samples checked.
-
-    Raises:
-        DatasetError: at the first problem, naming the file and the fix.
-    """
-    return StreetHazards(root, split).validate(decode=decode)
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -621,11 +471,15 @@ def make_loader(
     num_workers: int,
     seed: int,
     drop_last: bool = False,
+    sampler: Sampler | None = None,
 ) -> DataLoader:
-    """A DataLoader whose order and augmentation depend only on `seed`.
+    """A DataLoader whose order and augmentation depend only on `seed` - the project's one builder.
 
     With ``num_workers > 0`` each worker's augmentation RNG derives from `seed`; with 0 the
-    transforms draw from the global torch RNG, which `lib.utils.seed_everything` seeds.
+    transforms draw from the global torch RNG, which `lib.utils.seed_everything` seeds. A
+    `sampler` (e.g. one process's shard under torchrun, `lib.distributed`) replaces shuffling
+    (`shuffle` must then be False); give each process its own `seed` so that their workers'
+    augmentations differ.
 
     Workers deliberately do not call ``cv2.setNumThreads``: in a worker forked after the main
     process used OpenCV's thread pool (e.g. `validate_split` decoding every file), that call
@@ -638,6 +492,7 @@ def make_loader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
+        sampler=sampler,
         num_workers=num_workers,
         worker_init_fn=seed_worker,
         generator=generator,
@@ -755,3 +610,24 @@ def median_frequency_weights(counts: torch.Tensor, image_pixels: torch.Tensor | 
         freq = counts[present] / denominator[present]
         weights[present] = freq.median() / freq
     return weights.float()
+
+
+#: The StreetHazards loader and its helpers live in `lib.datasets` with the other datasets; these
+#: names of lib.data keep working (imported on first use: lib.datasets imports this module).
+_MOVED_TO_DATASETS = (
+    "STREETHAZARDS_ENCODING",
+    "StreetHazards",
+    "check_annotation_values",
+    "find_samples",
+    "read_annotation",
+    "read_odgt",
+    "validate_split",
+)
+
+
+def __getattr__(name: str):
+    if name in _MOVED_TO_DATASETS:
+        import lib.datasets
+
+        return getattr(lib.datasets, name)
+    raise AttributeError(f"module 'lib.data' has no attribute {name!r}")

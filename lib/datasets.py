@@ -1,6 +1,17 @@
-"""Cityscapes, BDD100K, LostAndFound and RoadAnomaly on the shared base of `lib.data`.
+"""StreetHazards, Cityscapes, BDD100K, LostAndFound and RoadAnomaly on the shared base of `lib.data`.
 
-Every class returns ``(image, mask)`` like `lib.data.StreetHazards`: a uint8 ``tv_tensors.Image``
+StreetHazards (the real release and the synthetic one that `lib.synthetic` writes; the layout's one
+definition is `lib.layout.STREETHAZARDS_SPLITS`, which `lib.synthetic` and `lib.download` use too)::
+
+    root/train/images/training/t1-3/*.png   root/train/annotations/training/t1-3/*.png
+    root/train/images/validation/t4/*.png   root/train/annotations/validation/t4/*.png
+    root/test/images/test/t5/*.png          root/test/annotations/test/t5/*.png   (t6, t5-6 too)
+    root/train/training.odgt, root/train/validation.odgt, root/test/test.odgt    (optional index)
+
+  Annotations are single-channel PNGs with raw values 1..14; the dataset returns train ids
+  ``raw - 1`` (0..13, anomaly = 13), and raw 0 becomes the ignore value 255.
+
+Every class returns ``(image, mask)``: a uint8 ``tv_tensors.Image``
 of Shape (3, H, W) and an int64 ``tv_tensors.Mask`` of train ids, Shape (H, W), 255 = ignore; all
 take ``transforms`` (transforms v2 on the pair) and ``limit``, and check their files the same way
 (`SegmentationDataset.validate`). What each reads and how its labels are mapped:
@@ -65,14 +76,17 @@ another format's folders (`detect_format`), says which.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
 from lib.classes import (
     ANOMALY_EVAL_CLASSES,
+    ANOMALY_ID,
     BDD100K_CLASSES,
     BDD100K_UNKNOWN_CLASS,
     EVAL_ANOMALY_ID,
@@ -82,27 +96,179 @@ from lib.classes import (
     LAF_MAX_ID,
     LAF_NON_HAZARD_IDS,
     LAF_UNLABELED_ID,
+    RAW_MAX,
+    RAW_MIN,
+    STREETHAZARDS_CLASSES,
 )
 from lib.data import (
     DatasetError,
     LabelEncoding,
     Sample,
     SegmentationDataset,
-    StreetHazards,
     read_label_png,
+    suggest_root,
+    with_annotations,
 )
+from lib.layout import STREETHAZARDS_SPLITS
 
 __all__ = [
     "BDD100K",
     "DATASETS",
+    "STREETHAZARDS_ENCODING",
     "Cityscapes",
     "LostAndFound",
     "RoadAnomaly",
+    "StreetHazards",
+    "check_annotation_values",
+    "find_samples",
+    "read_annotation",
+    "read_odgt",
+    "validate_split",
     "build_dataset",
     "cityscapes_label_table",
     "detect_format",
     "open_dataset",
 ]
+
+# ----------------------------------------------------------------------------- StreetHazards
+
+
+def find_samples(root: str | Path, split: str) -> list[Sample]:
+    """List (image, annotation) pairs of a StreetHazards split.
+
+    Reads the split's ``.odgt`` index when present (one JSON array line, or one JSON object
+    per line), else pairs the PNGs found under the split's image folder with the annotation
+    of the same relative path.
+
+    Raises:
+        DatasetError: unknown split, missing folders, empty split or unpaired files.
+    """
+    if split not in STREETHAZARDS_SPLITS:
+        raise DatasetError(f"unknown split {split!r}; valid splits: {', '.join(STREETHAZARDS_SPLITS)}")
+    root = Path(root)
+    layout = STREETHAZARDS_SPLITS[split]
+    odgt, image_dir, annotation_dir = layout.odgt, layout.image_dir, layout.annotation_dir
+    if not (root / image_dir).is_dir():
+        raise DatasetError(_missing_root_message(root, image_dir))
+    if (root / odgt).is_file():
+        samples = [Sample(root / r["fpath_img"], root / r["fpath_segm"]) for r in read_odgt(root / odgt)]
+        missing = [s for s in samples if not s.image.is_file()]
+        if missing:
+            raise DatasetError(
+                f"{root / odgt} lists {len(missing)} image(s) that do not exist, e.g. {missing[0].image}; "
+                "re-extract the dataset or delete the .odgt file to index the folders instead"
+            )
+    else:
+        images = sorted((root / image_dir).rglob("*.png"))
+        samples = [Sample(p, root / annotation_dir / p.relative_to(root / image_dir)) for p in images]
+    if not samples:
+        raise DatasetError(
+            f"split {split!r} under {root} is empty: no PNG in {root / image_dir}; "
+            "check that the dataset was extracted completely"
+        )
+    return with_annotations(samples)
+
+
+def read_odgt(path: str | Path) -> list[dict]:
+    """Read an .odgt index: one line holding a JSON array, or one JSON object per line."""
+    text = Path(path).read_text().strip()
+    if not text:
+        return []
+    try:
+        if text.startswith("["):
+            return list(json.loads(text))
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"{path} is not a valid .odgt file ({err}); regenerate it or delete it") from None
+
+
+def _missing_root_message(root: Path, image_dir: str) -> str:
+    message = f"dataset folder {root / image_dir} does not exist"
+    found = suggest_root(root, [image_dir])
+    if found is not None:
+        return f"{message}; did you mean data_root={str(found)!r}?"
+    if not root.exists():
+        return (
+            f"{message}: {root} is missing. Download StreetHazards (scripts/download_streethazards.sh) "
+            "or use dataset='synthetic' to generate the embedded dataset"
+        )
+    return f"{message}; point data_root at the folder that contains train/ and test/"
+
+
+#: StreetHazards raw 1..14 -> train ids 0..13; raw 0 (no label) -> ignore.
+STREETHAZARDS_ENCODING = LabelEncoding.from_mapping(
+    {0: IGNORE_INDEX, **{raw: raw - RAW_MIN for raw in range(RAW_MIN, RAW_MAX + 1)}},
+    f"{RAW_MIN}..{RAW_MAX} (0 = no label)",
+)
+
+
+class StreetHazards(SegmentationDataset):
+    """StreetHazards split as (image, mask) pairs.
+
+    Args:
+        root: folder that contains ``train/`` and ``test/``.
+        split: ``train``, ``val`` or ``test``.
+        transforms: a transforms-v2 callable taking and returning ``(Image, Mask)``.
+        limit: keep only the first ``limit`` samples.
+
+    Returns (per item):
+        image: ``tv_tensors.Image`` uint8, Shape (3, H, W) (normalise with `normalize`).
+        mask: ``tv_tensors.Mask`` int64 train ids, Shape (H, W); 13 = anomaly, 255 = ignore.
+    """
+
+    name = "StreetHazards"
+    classes = STREETHAZARDS_CLASSES
+    splits = tuple(STREETHAZARDS_SPLITS)
+    anomaly_id = ANOMALY_ID
+    encoding = STREETHAZARDS_ENCODING
+
+    def find_samples(self) -> list[Sample]:
+        return find_samples(self.root, self.split)
+
+    def annotation_files(self) -> list[tuple[Path, Path]]:
+        layout = STREETHAZARDS_SPLITS[self.split]
+        image_dir, annotation_dir = self.root / layout.image_dir, self.root / layout.annotation_dir
+        if not annotation_dir.is_dir():
+            return []
+        return [(a, image_dir / a.relative_to(annotation_dir)) for a in sorted(annotation_dir.rglob("*.png"))]
+
+
+def read_annotation(path: Path) -> torch.Tensor:
+    """Decode a StreetHazards annotation to train ids. Shape: (H, W), int64, ignore = 255.
+
+    Raises:
+        DatasetError: undecodable file, more than one channel, or a value outside 0..14.
+    """
+    labels = STREETHAZARDS_ENCODING.encode(read_label_png(path), path=Path(path), dataset="StreetHazards")
+    return torch.from_numpy(labels).long()
+
+
+def check_annotation_values(labels: torch.Tensor, path: Path) -> None:
+    """Raise DatasetError if StreetHazards train ids hold a value outside 0..13 (255 allowed)."""
+    bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels > RAW_MAX - RAW_MIN))
+    if bool(bad.any()):
+        value = int(labels[bad][0]) + 1
+        raise DatasetError(
+            f"annotation {path} has value {value}; StreetHazards labels are {RAW_MIN}..{RAW_MAX} "
+            "(raw PNG values): check that this is a StreetHazards annotation and not a colour or train-id image"
+        )
+
+
+def validate_split(root: str | Path, split: str, *, decode: bool = True) -> int:
+    """Check a StreetHazards split before training: pairs exist, files decode, sizes match,
+    labels in 1..14 (see `SegmentationDataset.validate`; other datasets: ``ds.validate()``).
+
+    Args:
+        decode: also decode every image and annotation (reads every byte once).
+
+    Returns:
+        The number of samples checked.
+
+    Raises:
+        DatasetError: at the first problem, naming the file and the fix.
+    """
+    return StreetHazards(root, split).validate(decode=decode)
+
 
 # ----------------------------------------------------------------------------- Cityscapes-style folders
 

@@ -30,7 +30,6 @@ from lib.data import (
     class_pixel_counts,
     inverse_frequency_weights,
     make_loader,
-    seed_worker,
     train_transforms,
 )
 from lib.datasets import open_dataset
@@ -308,19 +307,11 @@ def make_loaders(
 def _sharded_loader(
     dataset, sampler, cfg: RunConfig, *, batch_size: int, rank: int, drop_last: bool = False
 ) -> DataLoader:
-    generator = torch.Generator()
-    generator.manual_seed(cfg.seed + rank)  # worker augmentation seeds differ between processes
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=cfg.num_workers,
-        worker_init_fn=seed_worker,
-        generator=generator,
-        pin_memory=torch.cuda.is_available(),
-        drop_last=drop_last,
-        persistent_workers=cfg.num_workers > 0,
-    )
+    # worker augmentation seeds differ between processes
+    return make_loader(
+        dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=cfg.num_workers,
+        seed=cfg.seed + rank, drop_last=drop_last,
+    )  # fmt: skip
 
 
 def fit_sml(cfg: RunConfig, model: nn.Module, *, device: torch.device):

@@ -1,6 +1,6 @@
 """The dataset registry: every name a run's ``dataset`` or ``test_sets`` may take, and what it is.
 
-Each entry says which loader reads it (`lib.data.StreetHazards`, or a class of `lib.datasets`), its
+Each entry says which loader reads it (a class of `lib.datasets`), its
 class names (train-id order), how many classes a model trained on it predicts, the label of its
 anomaly pixels, which split serves each role (train / val / test), the mIoU exclusions of its
 published protocol, where it lives by default, and - for the ``synthetic*`` names - the format the

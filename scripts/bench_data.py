@@ -3,7 +3,7 @@
 Both pipelines read the same 1280x720 image/annotation pairs, take a random 512x512 crop and a
 random horizontal flip, and batch them with a DataLoader (same batch size, same workers):
 
-- ours: `lib.data.StreetHazards` + `train_transforms((512, 512))` + `make_loader`: OpenCV decodes
+- ours: `lib.datasets.StreetHazards` + `train_transforms((512, 512))` + `make_loader`: OpenCV decodes
   straight to RGB, transforms v2 run on uint8 tensors, the mask is widened to int64 after the
   crop, and the uint8 batch is normalised later on the GPU (`lib.data.normalize`).
 - seed: PIL open + convert("RGB"), random crop 512, flip, ToTensor, Normalize per image (float32
@@ -34,7 +34,8 @@ from torchvision.transforms import functional as TF
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lib.cli import script_parser  # noqa: E402
-from lib.data import IMAGENET_MEAN, IMAGENET_STD, StreetHazards, make_loader, train_transforms  # noqa: E402
+from lib.data import IMAGENET_MEAN, IMAGENET_STD, make_loader, train_transforms  # noqa: E402
+from lib.datasets import StreetHazards  # noqa: E402
 
 
 class SeedStreetHazards(Dataset):

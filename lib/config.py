@@ -12,6 +12,8 @@ from typing import Any
 
 from lib.recipes import REFERENCE_RECIPE
 from lib.registry import TEST_SETS, TRAINING_DATASETS, parse_test_set
+from network.names import ARCHS as NETWORK_ARCHS
+from network.names import BACKBONE_NAMES, HEAD_NAMES
 
 LOSSES = ("ce", "ce+h", "fl", "fl+h")
 SCORES = ("msp", "maxlogit", "entropy", "energy")
@@ -20,16 +22,11 @@ SCORES = ("msp", "maxlogit", "entropy", "energy")
 ALL_SCORES = (*SCORES, "sml", "pans", "abet")
 #: Training datasets and evaluation sets: the names of the dataset registry (`lib.registry`).
 DATASETS = TRAINING_DATASETS
-#: Architecture -> the backbones it takes (network.ARCHS, and network.HEAD_NAMES below; written
-#: out here so that --help needs no torch import, and tests/test_config.py checks they agree).
-ARCHS: dict[str, tuple[str, ...]] = {
-    "deeplabv3plus": ("mobilenet_v2", "resnet50", "resnet101"),
-    "deeplabv3": ("mobilenet_v2", "resnet50", "resnet101"),
-    "unet": ("resnet34", "plain"),
-    "my_fcn": ("plain",),
-}
-BACKBONES = tuple(dict.fromkeys(b for backbones in ARCHS.values() for b in backbones))
-HEADS = ("standard", "distance", "cosine", "abet")
+#: Architecture -> the backbones it takes, the backbones and the heads: `network.names`, the one
+#: definition (it imports no torch, so --help answers at once).
+ARCHS = NETWORK_ARCHS
+BACKBONES = BACKBONE_NAMES
+HEADS = HEAD_NAMES
 SCHEDULERS = ("plateau", "poly")
 #: Evaluation protocols of the anomaly metrics (`lib.test`): over every pixel at once, or per image.
 PROTOCOLS = ("pooled", "per-image")
@@ -37,35 +34,37 @@ OPTIMIZERS = ("adam", "sgd")
 AMP_MODES = ("off", "auto", "bf16", "fp16")
 #: Entropy terms of the +h losses (`lib.losses`): the softmax entropy, or the reference code's term.
 ENTROPY_TERMS = ("softmax", "true-class-rows")
-PRETRAINED_SOURCES = ("cityscapes", "voc")
+#: The data the known DeepLab weights to fine-tune from were trained on (`RunConfig.pretrained_on`,
+#: the seed's --dataset; `lib.weights` names the files). Not network.PRETRAINED_SOURCES, which
+#: names backbone initialisations.
+PRETRAINED_ON = ("cityscapes", "voc")
 
-#: Fields that may differ from the checkpoint's config when training resumes (`--resume`) or a
-#: checkpoint is evaluated (`scripts/test.py`): where data and outputs live, how fast it runs, how
-#: long it goes on, and how it is evaluated. Every other field defines the training and must match.
-RUNTIME_FIELDS = (
-    "data_root",
-    "download",
-    "validate_data",
-    "epochs",
-    "early_stopping_patience",
-    "num_workers",
-    "device",
-    "compile",
-    "eval_batch_size",
-    "scores",
-    "test_sets",
-    "eval_scales",
-    "miou_exclude",
-    "max_eval_images",
-    "protocols",
-    "ood_ignore",
-    "window",
-    "component_scores",
-    "weights_dir",
-    "out_dir",
-    "progress",
-    "tensorboard",
-)
+
+def _field(
+    default: Any,
+    *,
+    runtime: bool = False,
+    grid_neutral: bool = False,
+    added_later: bool = False,
+    synthetic_data: bool = False,
+    choices: tuple[str, ...] | None = None,
+) -> Any:
+    """A RunConfig field with its facts in the field's metadata (the lists below derive from them).
+
+    Args:
+        runtime: may differ from a checkpoint's config when training resumes or a checkpoint is
+            evaluated: where data and outputs live, how fast it runs, how long it goes on, how it is
+            evaluated (`RUNTIME_FIELDS`).
+        grid_neutral: does not change a run's result (folders, workers, device, logging): left out of
+            a grid row's ``config_id`` (`lib.grid`).
+        added_later: added after grid rows were written: at its default it stays out of ``config_id``,
+            so that older rows keep theirs.
+        synthetic_data: a parameter of the generated data (`lib.synthetic`).
+        choices: its valid values (checked, and argparse shows them).
+    """
+    metadata = {"runtime": runtime, "grid_neutral": grid_neutral, "added_later": added_later,
+                "synthetic_data": synthetic_data, "choices": choices}  # fmt: skip
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -77,54 +76,54 @@ class RunConfig:
     """
 
     # Data
-    dataset: str = "synthetic"
+    dataset: str = _field("synthetic", choices=DATASETS)
     """Training data, a name of the dataset registry (lib.registry): synthetic (StreetHazards layout,
     generated on first use under data_root), streethazards, cityscapes, bdd100k, or synthetic-cityscapes
     / synthetic-bdd100k (the generated scenes written in those formats: offline stand-ins)."""
-    data_root: str = "data/synthetic"
+    data_root: str = _field("data/synthetic", runtime=True, grid_neutral=True)
     """Folder of the training dataset, in its format (StreetHazards: train/ and test/)."""
-    n_train: int = 240
+    n_train: int = _field(240, synthetic_data=True)
     """Synthetic only: number of training images to generate."""
-    n_val: int = 40
+    n_val: int = _field(40, synthetic_data=True)
     """Synthetic only: number of validation images to generate."""
-    n_test: int = 60
+    n_test: int = _field(60, synthetic_data=True)
     """Synthetic only: number of test images to generate."""
-    image_size: tuple[int, int] = (128, 256)
+    image_size: tuple[int, int] = _field((128, 256), synthetic_data=True)
     """Synthetic only: (height, width) of the generated images."""
-    data_seed: int = 0
+    data_seed: int = _field(0, synthetic_data=True)
     """Synthetic only: seed of the scene generator."""
-    cities: tuple[str, ...] = ()
+    cities: tuple[str, ...] = _field((), added_later=True)
     """Cityscapes: keep only these city folders, as split/city (the Cityscapes seed's subset:
     train/hamburg val/frankfurt); a split with none named keeps all its cities."""
-    unknown_as_class: bool = False
+    unknown_as_class: bool = _field(False, added_later=True)
     """BDD100K: train on its unknown label (255) as a 20th class, as the BDD100K seed did, instead of
     ignoring it."""
     crop_size: tuple[int, int] = (128, 128)
     """Random training crop (height, width); the real dataset's seed setting is 512x512."""
-    download: bool = False
+    download: bool = _field(False, runtime=True, grid_neutral=True)
     """StreetHazards: download (resumably) the archives missing from data_root before the run - the
     test archive alone when only evaluating `weights`; an archive whose extraction is complete is
     never fetched again."""
-    validate_data: bool = True
+    validate_data: bool = _field(True, runtime=True, grid_neutral=True)
     """Decode every annotation once before training and stop on the first problem found."""
     augment: bool = True
     """Random crop and horizontal flip on the training split; off: whole images, no randomness
     (for debugging, or to compare multi-GPU and single-GPU runs exactly)."""
-    scale_range: tuple[float, float] | None = None
+    scale_range: tuple[float, float] | None = _field(None, added_later=True)
     """Augmentation: resize each training image by a random factor in [min, max] before the crop
     (default: no resize)."""
-    color_jitter: float = 0.0
+    color_jitter: float = _field(0.0, added_later=True)
     """Augmentation: brightness, contrast and saturation jitter of this strength (0: none)."""
 
     # Model
-    arch: str = "deeplabv3plus"
+    arch: str = _field("deeplabv3plus", added_later=True, choices=tuple(ARCHS))
     """Architecture: deeplabv3plus or deeplabv3 (backbones mobilenet_v2, resnet50, resnet101), unet
     (resnet34: ImageNet ResNet-34 encoder, the BDD100K seed's; or plain: Ronneberger's) or my_fcn
     (plain: the Cityscapes seed's shallow U-Net-like net)."""
-    backbone: str = "mobilenet_v2"
+    backbone: str = _field("mobilenet_v2", choices=BACKBONES)
     """Backbone (encoder) of the architecture: mobilenet_v2, resnet50, resnet101 (DeepLab), resnet34 or
     plain (U-Net, my_fcn)."""
-    head: str = "distance"
+    head: str = _field("distance", choices=HEADS)
     """Classifier head: standard (1x1 conv), distance (-Euclidean distance to class prototypes), cosine
     (PAnS: scaled cosine similarity) or abet (cosine logits over a learned per-pixel temperature)."""
     output_stride: int = 16
@@ -137,21 +136,21 @@ class RunConfig:
     checkpoint: str | None = None
     """DeepLabv3+ weights to fine-tune from: a file (VainF's wrapper, a bare state dict, or
     module.-prefixed) or a name of lib.weights.WEIGHTS; the head is kept only when it fits."""
-    pretrained_on: str | None = None
+    pretrained_on: str | None = _field(None, choices=PRETRAINED_ON)
     """Fine-tune from the known DeepLabv3+ weights of this backbone trained on cityscapes or voc
     (the seed's --dataset), downloaded on first use into weights_dir; `checkpoint` wins when given."""
-    weights: str | None = None
+    weights: str | None = _field(None, added_later=True)
     """Evaluate these trained weights instead of training: a name of lib.weights.WEIGHTS (e.g.
     streethazards-reference, downloaded on first use) or a file; loaded strictly, head included."""
-    weights_dir: str = "ckpts/pretrained"
+    weights_dir: str = _field("ckpts/pretrained", runtime=True, grid_neutral=True)
     """Cache folder of the known weight files (lib.weights); each is downloaded once."""
 
     # Loss
-    loss: str = "fl+h"
+    loss: str = _field("fl+h", choices=LOSSES)
     """Training loss: ce, ce+h (with entropy term), fl (focal) or fl+h."""
     entropy_weight: float = 0.1
     """Lambda of the entropy term in ce+h / fl+h (the seed's --gamma)."""
-    entropy_term: str = "softmax"
+    entropy_term: str = _field("softmax", added_later=True, choices=ENTROPY_TERMS)
     """The +h term: softmax (mean per-pixel entropy of the softmax, as the reference notebook writes
     it) or true-class-rows (what the reference code computes: -sum over image ROWS of p_y log p_y,
     p_y the true-class probability, averaged over images and columns; see lib.losses)."""
@@ -161,11 +160,11 @@ class RunConfig:
     """Weight the loss by inverse class frequency measured on the training split."""
 
     # Optimisation
-    epochs: int = 12
+    epochs: int = _field(12, runtime=True)
     """Number of passes over the training split."""
     batch_size: int = 8
     """Training images per step and process (the global batch is batch_size x processes x grad_accum_steps)."""
-    optimizer: str = "adam"
+    optimizer: str = _field("adam", choices=OPTIMIZERS)
     """adam (the seed's) or sgd (momentum 0.9, DeepLab's)."""
     lr: float = 1e-3
     """Learning rate of the decoder and classifier (and of the backbone unless backbone_lr is set)."""
@@ -173,7 +172,7 @@ class RunConfig:
     """Learning rate of the backbone; default: the same as lr (fine-tuning often uses lr / 10)."""
     weight_decay: float = 1e-5
     """Weight decay (L2, as Adam and SGD apply it)."""
-    scheduler: str = "plateau"
+    scheduler: str = _field("plateau", choices=SCHEDULERS)
     """LR schedule: plateau (halve on a validation-loss plateau, the seed's) or poly (DeepLab)."""
     plateau_patience: int = 5
     """Epochs without validation-loss improvement before the plateau schedule halves the LR."""
@@ -183,69 +182,69 @@ class RunConfig:
     """Accumulate gradients over this many batches per optimizer step (a larger effective batch)."""
     grad_clip: float | None = None
     """Clip the global gradient norm to this value before each step (default: no clipping)."""
-    early_stopping_patience: int | None = None
+    early_stopping_patience: int | None = _field(None, runtime=True)
     """Stop after this many epochs without a new best validation loss (default: run every epoch)."""
-    amp: str = "off"
+    amp: str = _field("off", choices=AMP_MODES)
     """Mixed precision: off (float32), bf16 (CPU and recent GPUs), fp16 (GPU, with a GradScaler), or
     auto: bf16 on a GPU that has it, fp16 on one that has not (T4, P100), off on a CPU."""
     channels_last: bool = False
     """Train in the channels-last memory format (faster convolutions on tensor-core GPUs)."""
-    compile: bool = False
+    compile: bool = _field(False, runtime=True, grid_neutral=True)
     """torch.compile the model for training (slow first steps, then faster; needs a C++ compiler)."""
     freeze_bn: bool = False
     """Keep BatchNorm layers in eval mode (running statistics fixed, affine weights still trained)."""
     sync_bn: bool = False
     """Multi-GPU: synchronise BatchNorm statistics across processes (CUDA only)."""
-    num_workers: int = 2
+    num_workers: int = _field(2, runtime=True, grid_neutral=True)
     """DataLoader worker processes (0 loads in the main process)."""
     seed: int = 0
     """Seed for weights, data order and augmentation."""
-    device: str = "auto"
+    device: str = _field("auto", runtime=True, grid_neutral=True)
     """'auto' picks CUDA when available, else CPU."""
     max_steps_per_epoch: int | None = None
     """Cut every epoch short after this many steps (for smoke tests)."""
-    deterministic: bool = False
+    deterministic: bool = _field(False, added_later=True)
     """Deterministic kernels (torch.use_deterministic_algorithms, no cuDNN autotuning): on a GPU a run
     then repeats bit for bit on the same machine, somewhat slower. Off, cuDNN picks the fastest kernels
     and GPU runs differ in the last bits. CPU runs repeat on the same machine either way."""
 
     # Evaluation
-    eval_batch_size: int = 4
+    eval_batch_size: int = _field(4, runtime=True, grid_neutral=True)
     """Test images per forward pass at full resolution."""
-    scores: tuple[str, ...] = SCORES
+    scores: tuple[str, ...] = _field(SCORES, runtime=True, choices=ALL_SCORES)
     """Anomaly scores to evaluate: msp, maxlogit, entropy, energy; also sml (standardized max logit,
     statistics fitted on the training split before testing), pans (cosine head) and abet (AbeT head)."""
-    miou_exclude: tuple[str, ...] | None = None
+    miou_exclude: tuple[str, ...] | None = _field(None, runtime=True)
     """Class names left out of mIoU; default: what the test set's published protocol leaves out
     (lib.registry: 'pedestrian' on StreetHazards, absent from its test split; none elsewhere)."""
-    max_eval_images: int | None = None
+    max_eval_images: int | None = _field(None, runtime=True)
     """Evaluate on the first N test images only (for smoke tests)."""
-    test_sets: tuple[str, ...] = ()
+    test_sets: tuple[str, ...] = _field((), runtime=True, added_later=True)
     """Evaluation sets, each NAME or NAME=ROOT (lib.registry; default: the training dataset's own test
     split): e.g. lostandfound roadanomaly for a Cityscapes model. The training dataset's name means its
     own split; the metrics of every other set are named <set>/... in results.csv and metrics.json."""
-    eval_scales: tuple[float, ...] = (1.0,)
+    eval_scales: tuple[float, ...] = _field((1.0,), runtime=True, added_later=True)
     """Test-time resize factors whose logits are averaged (PAnS averages its score over scales)."""
-    protocols: tuple[str, ...] = PROTOCOLS
+    protocols: tuple[str, ...] = _field(PROTOCOLS, runtime=True, added_later=True, choices=PROTOCOLS)
     """Anomaly-metric protocols: pooled (over every test pixel at once: the reference project,
     SegmentMeIfYouCan) and/or per-image (the mean over images with anomalies: the official code)."""
-    ood_ignore: tuple[str, ...] = ()
+    ood_ignore: tuple[str, ...] = _field((), runtime=True, added_later=True)
     """Class names whose pixels the anomaly metrics skip (none in the official protocol; DenseHybrid
     skips 'other')."""
-    window: tuple[int, int] | None = None
+    window: tuple[int, int] | None = _field(None, runtime=True, added_later=True)
     """Sliding-window inference: (height, width) tiles with 1/3 overlap instead of whole images."""
-    component_scores: tuple[str, ...] = ()
+    component_scores: tuple[str, ...] = _field((), runtime=True, added_later=True, choices=ALL_SCORES)
     """Scores that also get SegmentMeIfYouCan's component metrics (sIoU, PPV, mean F1) at their best-F1
     pooled threshold (needs the pooled protocol; a second pass over maps kept in a temporary file)."""
 
     # Output
-    out_dir: str = "ckpts"
+    out_dir: str = _field("ckpts", runtime=True, grid_neutral=True)
     """Where runs/<run_name>/ and results.csv are written."""
-    run_name: str | None = None
+    run_name: str | None = _field(None, grid_neutral=True)
     """Folder name under out_dir/runs; default: the next free 'run_N'."""
-    progress: bool = True
+    progress: bool = _field(True, runtime=True, grid_neutral=True)
     """Show tqdm progress bars."""
-    tensorboard: bool = True
+    tensorboard: bool = _field(True, runtime=True, grid_neutral=True)
     """Write TensorBoard scalars and prediction images to <run>/tensorboard (when it is installed)."""
 
     def __post_init__(self) -> None:
@@ -289,7 +288,7 @@ class RunConfig:
         _check_choice("amp", self.amp, AMP_MODES)
         _check_choice("entropy_term", self.entropy_term, ENTROPY_TERMS)
         if self.pretrained_on is not None:
-            _check_choice("pretrained_on", self.pretrained_on, PRETRAINED_SOURCES)
+            _check_choice("pretrained_on", self.pretrained_on, PRETRAINED_ON)
         for name in self.scores:
             _check_choice("scores", name, ALL_SCORES)
         self._validate_evaluation()
@@ -409,21 +408,24 @@ def presets() -> dict[str, dict[str, Any]]:
     return recipe_presets()
 
 
+def _fields_with(fact: str) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(RunConfig) if f.metadata.get(fact))
+
+
+#: Fields that may differ from the checkpoint's config when training resumes (`--resume`) or a
+#: checkpoint is evaluated (`scripts/test.py`); every other field defines the training and must match.
+RUNTIME_FIELDS: tuple[str, ...] = _fields_with("runtime")
+#: Fields that do not change a run's result (left out of a grid row's config_id).
+GRID_NEUTRAL_FIELDS: tuple[str, ...] = _fields_with("grid_neutral")
+#: Fields added after grid rows were written -> their default (at it, they stay out of config_id).
+ADDED_LATER_DEFAULTS: dict[str, Any] = {
+    f.name: f.default for f in dataclasses.fields(RunConfig) if f.metadata.get("added_later")
+}
+#: The generated data's parameters.
+SYNTHETIC_DATA_FIELDS: tuple[str, ...] = _fields_with("synthetic_data")
 #: Valid values of the fields that take a name (argparse shows them as choices).
 FIELD_CHOICES: dict[str, tuple[str, ...]] = {
-    "dataset": DATASETS,
-    "arch": tuple(ARCHS),
-    "backbone": BACKBONES,
-    "head": HEADS,
-    "loss": LOSSES,
-    "scheduler": SCHEDULERS,
-    "optimizer": OPTIMIZERS,
-    "amp": AMP_MODES,
-    "entropy_term": ENTROPY_TERMS,
-    "pretrained_on": PRETRAINED_SOURCES,
-    "scores": ALL_SCORES,
-    "component_scores": ALL_SCORES,
-    "protocols": PROTOCOLS,
+    f.name: f.metadata["choices"] for f in dataclasses.fields(RunConfig) if f.metadata.get("choices")
 }
 
 #: Flag spellings of scripts/train.py and scripts/test.py, so that the seed's command lines work
@@ -575,7 +577,10 @@ __all__ = [
     "AMP_MODES",
     "ENTROPY_TERMS",
     "REFERENCE_RECIPE",
-    "PRETRAINED_SOURCES",
+    "PRETRAINED_ON",
+    "ADDED_LATER_DEFAULTS",
+    "GRID_NEUTRAL_FIELDS",
+    "SYNTHETIC_DATA_FIELDS",
     "PROTOCOLS",
     "RUNTIME_FIELDS",
     "FIELD_CHOICES",
@@ -588,3 +593,12 @@ __all__ = [
     "config_with_overrides",
     "given_fields",
 ]
+
+
+def __getattr__(name: str):
+    if name == "PRETRAINED_SOURCES":
+        raise AttributeError(
+            "lib.config.PRETRAINED_SOURCES is now lib.config.PRETRAINED_ON (the data DeepLab weights were "
+            "trained on); network.PRETRAINED_SOURCES names backbone initialisations"
+        )
+    raise AttributeError(f"module 'lib.config' has no attribute {name!r}")

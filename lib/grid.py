@@ -52,7 +52,14 @@ from typing import Any
 
 import tomllib
 
-from lib.config import RUNTIME_FIELDS, RunConfig, presets
+from lib.config import (
+    ADDED_LATER_DEFAULTS,
+    GRID_NEUTRAL_FIELDS,
+    RUNTIME_FIELDS,
+    SYNTHETIC_DATA_FIELDS,
+    RunConfig,
+    presets,
+)
 from lib.figures import plot_loss_curves, plot_setting_bars, plot_two_field_heatmaps
 from lib.registry import dataset_spec
 from lib.utils import append_csv_row, atomic_write_bytes, write_csv
@@ -60,7 +67,6 @@ from lib.utils import append_csv_row, atomic_write_bytes, write_csv
 #: Short column names of the reference project's CSVs (other scores keep their own name).
 SCORE_COLUMNS = {"maxlogit": "maxlog"}
 #: Synthetic-data generation fields: a grid cannot vary them over one shared data_root.
-SYNTHETIC_DATA_FIELDS = ("n_train", "n_val", "n_test", "image_size", "data_seed")
 #: Per-run figures copied next to the CSV for the grid's best run.
 BEST_RUN_FIGURES = ("example_0", "curves", "histograms", "confusion", "iou_vs_share", "class_distribution")
 #: Config fields that are columns of every row, in the reference project's order.
@@ -200,31 +206,6 @@ def _slug(value: Any) -> str:
     return "".join(c if c.isalnum() or c in ".+-" else "-" for c in cell(value) or "None")
 
 
-#: RunConfig fields that do not change a run's result: they stay out of its ``config_id``.
-_NEUTRAL_FIELDS = frozenset(
-    {"out_dir", "run_name", "data_root", "validate_data", "num_workers", "device", "compile",
-     "eval_batch_size", "progress", "tensorboard", "download", "weights_dir"}
-)  # fmt: skip
-#: Fields added to RunConfig after rows were written: at these (default) values they stay out of
-#: the hash, so that older rows keep their ``config_id``.
-_LATER_DEFAULTS = {
-    "weights": None,
-    "entropy_term": "softmax",
-    "deterministic": False,
-    "protocols": ("pooled", "per-image"),
-    "ood_ignore": (),
-    "window": None,
-    "component_scores": (),
-    "arch": "deeplabv3plus",
-    "cities": (),
-    "unknown_as_class": False,
-    "scale_range": None,
-    "color_jitter": 0.0,
-    "test_sets": (),
-    "eval_scales": (1.0,),
-}
-
-
 def config_id(cfg: RunConfig, protocol: str, *, training_only: bool = False) -> str:
     """Short hash of every setting that shapes a run's result (and the protocol of its row).
 
@@ -235,11 +216,11 @@ def config_id(cfg: RunConfig, protocol: str, *, training_only: bool = False) -> 
     import hashlib
     import json
 
-    neutral = _NEUTRAL_FIELDS | set(RUNTIME_FIELDS) if training_only else _NEUTRAL_FIELDS
+    neutral = set(GRID_NEUTRAL_FIELDS) | set(RUNTIME_FIELDS) if training_only else set(GRID_NEUTRAL_FIELDS)
     values = {
         k: v
         for k, v in cfg.to_dict().items()
-        if k not in neutral and not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])
+        if k not in neutral and not (k in ADDED_LATER_DEFAULTS and v == ADDED_LATER_DEFAULTS[k])
     }
     if "miou_exclude" in values and values["miou_exclude"] is None:
         # None means the dataset's own protocol (lib.registry): hash what that is, as rows written

@@ -13,42 +13,77 @@ DeepLab state dicts match VainF/DeepLabV3Plus-Pytorch checkpoints key for key::
     out = model.forward_with_extras(images)  # {"logits", "untempered_logits", "temperature"}
     scores = lib.scores.compute_scores(out["logits"], ("abet",))  # energy of the tempered logits
 
-``ARCHS`` lists the backbones each architecture supports; ``model_grid()`` every valid pair.
+``ARCHS`` lists the backbones each architecture supports; ``model_grid()`` every valid pair. The
+names (`network.names`) import without torch; the rest loads on first use.
 """
 
-from .backbones import BACKBONES, Backbone, MobileNetV2Backbone, ResNetBackbone, build_backbone
-from .builder import (
+from __future__ import annotations
+
+import importlib
+
+from .names import (
     ARCH_NAMES,
     ARCHS,
-    ASPP_RATES,
     BACKBONE_NAMES,
     HEAD_NAMES,
     MODEL_NAMES,
     OUTPUT_STRIDES,
     PRETRAINED_SOURCES,
-    build_model,
-    count_parameters,
-    head_key_of,
-    infer_num_classes,
-    model_grid,
-    valid_output_strides,
 )
-from .checkpoint import CheckpointMismatchError, LoadReport, load_pretrained, read_checkpoint, read_state_dict
-from .deeplab import ASPP, DeepLabV3Decoder, DeepLabV3PlusDecoder
-from .heads import (
-    HEADS,
-    LOGITS,
-    TEMPERATURE,
-    UNTEMPERED_LOGITS,
-    AbeTHead,
-    CosineHead,
-    DistanceHead,
-    Head,
-    StandardHead,
-    build_head,
-)
-from .model import Decoder, SegmentationModel, forward_with_extras
-from .unet import PlainEncoder, ResNetEncoder, UNetDecoder
+
+#: Everything else loads (with torch) on first use, so that the names above cost no torch import
+#: (``from network import build_model`` works as before).
+_LAZY: dict[str, str] = {
+    "ASPP": "deeplab",
+    "ASPP_RATES": "builder",
+    "AbeTHead": "heads",
+    "BACKBONES": "backbones",
+    "Backbone": "backbones",
+    "CheckpointMismatchError": "checkpoint",
+    "CosineHead": "heads",
+    "Decoder": "model",
+    "DeepLabV3Decoder": "deeplab",
+    "DeepLabV3PlusDecoder": "deeplab",
+    "DistanceHead": "heads",
+    "HEADS": "heads",
+    "Head": "heads",
+    "LOGITS": "heads",
+    "LoadReport": "checkpoint",
+    "MobileNetV2Backbone": "backbones",
+    "PlainEncoder": "unet",
+    "ResNetBackbone": "backbones",
+    "ResNetEncoder": "unet",
+    "SegmentationModel": "model",
+    "StandardHead": "heads",
+    "TEMPERATURE": "heads",
+    "UNTEMPERED_LOGITS": "heads",
+    "UNetDecoder": "unet",
+    "build_backbone": "backbones",
+    "build_head": "heads",
+    "build_model": "builder",
+    "count_parameters": "builder",
+    "forward_with_extras": "model",
+    "head_key_of": "builder",
+    "infer_num_classes": "builder",
+    "load_pretrained": "checkpoint",
+    "model_grid": "builder",
+    "read_checkpoint": "checkpoint",
+    "read_state_dict": "checkpoint",
+    "valid_output_strides": "builder",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'network' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "ARCHS",

@@ -34,7 +34,6 @@ import os
 from collections.abc import Mapping
 from os import PathLike
 from pathlib import Path
-from types import MappingProxyType
 
 import torch
 from torch import nn
@@ -46,6 +45,18 @@ from .deeplab import DeepLabV3Decoder, DeepLabV3PlusDecoder
 from .heads import HEADS, build_head
 from .layers import convert_to_separable
 from .model import SegmentationModel
+from .names import (
+    ARCH_NAMES,
+    ARCHS,
+    BACKBONE_NAMES,
+    DILATED_BACKBONES,
+    HEAD_NAMES,
+    MODEL_NAMES,
+    OUTPUT_STRIDES,
+    PLAIN,
+    PRETRAINED_SOURCES,
+    RESNET_ENCODERS,
+)
 from .unet import UPSAMPLING_MODES, PlainEncoder, ResNetEncoder, UNetDecoder
 
 __all__ = [
@@ -67,22 +78,17 @@ __all__ = [
 
 #: ASPP atrous rates per output stride (DeepLab's published settings).
 ASPP_RATES: dict[int, tuple[int, int, int]] = {16: (6, 12, 18), 8: (12, 24, 36)}
-#: Output strides of the dilated (DeepLab) backbones; the first is the default.
-OUTPUT_STRIDES: tuple[int, ...] = (16, 8)
-
-_DILATED = tuple(BACKBONES)  # mobilenet_v2, resnet50, resnet101
+_DILATED = DILATED_BACKBONES
 #: U-Net encoders from torchvision: name -> (factory, ImageNet weights).
 _RESNET_ENCODERS = {"resnet34": (models.resnet34, models.ResNet34_Weights.IMAGENET1K_V1)}
-_PLAIN = "plain"
-#: Architecture name -> the backbones (encoders) it supports.
-ARCHS: Mapping[str, tuple[str, ...]] = MappingProxyType(
-    {
-        "deeplabv3plus": _DILATED,
-        "deeplabv3": _DILATED,
-        "unet": (*_RESNET_ENCODERS, _PLAIN),
-        "my_fcn": (_PLAIN,),
-    }
-)
+_PLAIN = PLAIN
+for _names, _table in (
+    (DILATED_BACKBONES, BACKBONES),
+    (HEAD_NAMES, HEADS),
+    (RESNET_ENCODERS, _RESNET_ENCODERS),
+):
+    if tuple(_table) != _names:  # network.names is the one list of names; the tables must follow it
+        raise RuntimeError(f"network.names lists {_names}, the model tables {tuple(_table)}")
 #: Plain-encoder settings per architecture: depth (max-pools), default base width, default upsampling.
 _PLAIN_SETTINGS = {"unet": (4, 64, "transposed"), "my_fcn": (3, 32, "transposed")}
 #: Decoder block widths of the ResNet U-Net, deepest first (the last block is at full resolution).
@@ -94,16 +100,6 @@ _HEAD_KEYS = {
     "unet": f"classifier.{UNetDecoder.head_key}",
     "my_fcn": f"classifier.{UNetDecoder.head_key}",
 }
-
-ARCH_NAMES: tuple[str, ...] = tuple(ARCHS)
-BACKBONE_NAMES: tuple[str, ...] = (*_DILATED, *_RESNET_ENCODERS, _PLAIN)
-HEAD_NAMES: tuple[str, ...] = tuple(HEADS)
-#: The named ``pretrained`` sources (anything else is a checkpoint path).
-PRETRAINED_SOURCES: tuple[str, ...] = ("none", "imagenet")
-#: Valid names per ``build_model`` argument, e.g. ``MODEL_NAMES["backbone"]``.
-MODEL_NAMES: MappingProxyType[str, tuple[str, ...]] = MappingProxyType(
-    {"arch": ARCH_NAMES, "backbone": BACKBONE_NAMES, "head": HEAD_NAMES}
-)
 
 
 def model_grid() -> list[tuple[str, str]]:

@@ -37,7 +37,7 @@ from lib.figures import save_run_figures
 from lib.losses import SegmentationLoss
 from lib.published import comparison_table, published_results
 from lib.registry import DatasetSpec, TestSet, dataset_spec, resolve_test_sets
-from lib.test import EvaluationResult, evaluate, fit_sml_statistics, results_table
+from lib.test import EvalSpec, EvaluationResult, evaluate, fit_sml_statistics, results_table
 from lib.train import fit
 from lib.utils import append_csv_row, atomic_write_bytes, next_run_dir, pick_device, seed_everything
 from lib.weights import fetch_weights, find_weights, load_initial_weights, load_weights, resolve_weights
@@ -348,23 +348,38 @@ def evaluate_model(
         sml_stats: the ``sml`` score's statistics; fitted on the training split when it is among the
             scores and they are not given (`fit_sml`).
     """
-    test_set = test_set or test_sets(cfg)[0]
+    spec = eval_spec(cfg, test_set or test_sets(cfg)[0], flip=flip, scales=scales)
+    if "sml" in spec.scores and sml_stats is None:
+        sml_stats = fit_sml(cfg, model, device=device)
+    return evaluate(
+        model,
+        test_loader,
+        spec,
+        device=device,
+        sml_stats=sml_stats,
+        keep_examples=keep_examples,
+        progress=cfg.progress,
+    )
+
+
+def eval_spec(
+    cfg: RunConfig, test_set: TestSet, *, flip: bool = False, scales: tuple[float, ...] | None = None
+) -> EvalSpec:
+    """What the run measures on `test_set` (`lib.test.EvalSpec`), from its config - the one place
+    where the evaluation options of a RunConfig become an evaluation: the model's classes, the
+    set's labels (its known classes and, after them, its anomaly class), the scores where the set
+    has anomaly labels, the protocols, the set's mIoU exclusions (`miou_exclusions`), the ignored
+    classes where it has class labels, test-time scales (``cfg.eval_scales`` unless `scales`),
+    flip, window and component metrics."""
     spec = test_set.spec
     scores = cfg.scores if spec.anomaly_id is not None else ()
-    if "sml" in scores and sml_stats is None:
-        sml_stats = fit_sml(cfg, model, device=device)
-    if spec.closed_set:
-        class_names = spec.classes if spec.loader == "streethazards" else known_classes(cfg)
-    else:
-        class_names = spec.classes
-    return evaluate(
-        model, test_loader, num_classes=num_classes(cfg), device=device, score_names=scores,
-        class_names=class_names, anomaly_id=spec.anomaly_id, closed_set=spec.closed_set,
-        miou_exclude=miou_exclusions(cfg, spec),
-        ood_ignore=cfg.ood_ignore if spec.closed_set else (), protocols=cfg.protocols,
-        flip=flip, scales=scales or cfg.eval_scales, window=cfg.window, sml_stats=sml_stats,
+    labels = (*known_classes(cfg), *spec.classes[spec.num_known :]) if spec.closed_set else spec.classes
+    return EvalSpec(
+        num_classes=num_classes(cfg), class_names=labels, anomaly_id=spec.anomaly_id,
+        closed_set=spec.closed_set, scores=scores, protocols=cfg.protocols,
+        miou_exclude=miou_exclusions(cfg, spec), ood_ignore=cfg.ood_ignore if spec.closed_set else (),
+        flip=flip, scales=scales or cfg.eval_scales, window=cfg.window,
         component_scores=tuple(n for n in cfg.component_scores if n in scores),
-        keep_examples=keep_examples, progress=cfg.progress,
     )  # fmt: skip
 
 

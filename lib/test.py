@@ -60,6 +60,107 @@ class EvaluationResult:
     closed_set: bool = True  # the set had class labels: seg/ metrics and the confusion matrix count
 
 
+@dataclass(frozen=True)
+class EvalSpec:
+    """What an evaluation measures, and how: everything `evaluate` needs but the model, the data and
+    the device. One line builds it for a registry dataset, with its labels and published protocol::
+
+        spec = EvalSpec.for_dataset("streethazards", scores=("msp", "entropy"), protocols=("per-image",))
+        result = evaluate(model, loader, spec, device="cuda")
+
+    Attributes:
+        num_classes: classes the model predicts (13 for StreetHazards; the anomaly is not one).
+        class_names: names of the masks' train ids (for the per-class IoU keys).
+        anomaly_id: train id of anomaly pixels, the positives of the anomaly metrics; None for a set
+            without anomaly labels (then `scores` must be empty).
+        closed_set: the masks hold the model's class ids (mIoU and the confusion matrix count); False
+            for the anomaly-only sets (LostAndFound, RoadAnomaly: 0 in-distribution, 1 anomaly).
+        scores: anomaly scores to evaluate (`lib.scores`).
+        protocols: ``pooled`` and/or ``per-image`` (see the module docstring).
+        miou_exclude: class names left out of the mean IoU.
+        ood_ignore: class names whose pixels the anomaly metrics skip (none in the official protocol;
+            DenseHybrid skips "other").
+        flip, scales, window: test-time augmentation and sliding-window inference (`predict_logits`);
+            the defaults run each image once, whole.
+        component_scores: scores that also get the SegmentMeIfYouCan component metrics
+            (``ood/<score>/{sIoU,PPV,mean_F1}/components``) at their best-F1 pooled pixel threshold.
+
+    Raises:
+        ValueError: a combination that cannot be measured (scores without anomaly labels, unknown
+            class names or protocols, component metrics without the pooled protocol); the message
+            names it.
+    """
+
+    num_classes: int
+    class_names: tuple[str, ...]
+    anomaly_id: int | None
+    closed_set: bool = True
+    scores: tuple[str, ...] = SCORES
+    protocols: tuple[str, ...] = PROTOCOLS
+    miou_exclude: tuple[str, ...] = ()
+    ood_ignore: tuple[str, ...] = ()
+    flip: bool = False
+    scales: tuple[float, ...] = (1.0,)
+    window: tuple[int, int] | None = None
+    component_scores: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("class_names", "scores", "protocols", "miou_exclude", "ood_ignore", "component_scores"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+        if self.window is not None:
+            object.__setattr__(self, "window", tuple(self.window))
+        if self.anomaly_id is None and self.scores:
+            raise ValueError(
+                f"scores {list(self.scores)} need anomaly labels; this set has none (anomaly_id=None)"
+            )
+        if not self.closed_set and self.miou_exclude:
+            raise ValueError(
+                "miou_exclude needs class labels; an anomaly-only set (closed_set=False) has none"
+            )
+        known = self.class_names[: self.num_classes]
+        unknown = [n for n in self.miou_exclude if n not in known]
+        if unknown:
+            raise ValueError(f"miou_exclude names unknown class(es) {unknown}; valid: {list(known)}")
+        unknown = [n for n in self.ood_ignore if n not in self.class_names]
+        unknown += [p for p in self.protocols if p not in PROTOCOLS]
+        if unknown:
+            raise ValueError(
+                f"unknown class or protocol {unknown}; classes: {list(self.class_names)}, protocols: {PROTOCOLS}"
+            )
+        unknown = [n for n in self.component_scores if n not in self.scores]
+        if unknown:
+            raise ValueError(f"component_scores {unknown} must be among score_names {list(self.scores)}")
+        if self.component_scores and "pooled" not in self.protocols:
+            raise ValueError(
+                f"component_scores {list(self.component_scores)} need the pooled protocol (their threshold "
+                f"is the best-F1 pooled one); protocols were {list(self.protocols)}"
+            )
+
+    @classmethod
+    def for_dataset(cls, name: str, *, num_classes: int | None = None, **options) -> EvalSpec:
+        """The spec of registry dataset `name` (`lib.registry`): its labels, its published mIoU
+        exclusions, every `SCORES` where it has anomaly labels (none where it has not), `options`
+        on top. `num_classes` defaults to the dataset's own classes; an anomaly-only set needs the
+        model's count."""
+        from lib.registry import dataset_spec
+
+        spec = dataset_spec(name)
+        if num_classes is None:
+            if spec.num_known is None:
+                raise ValueError(f"{name} is an anomaly-only set: give num_classes, the model's class count")
+            num_classes = spec.num_known
+        defaults = dict(
+            scores=SCORES if spec.anomaly_id is not None else (),
+            miou_exclude=spec.miou_exclude if spec.closed_set else (),
+        )
+        return cls(num_classes=num_classes, **spec.label_args, **{**defaults, **options})
+
+
+#: `evaluate`'s keywords before `EvalSpec` (they still work, as the spec's fields).
+_SPEC_KEYWORDS = {"score_names": "scores", **{f: f for f in EvalSpec.__dataclass_fields__}}
+
+
 @torch.no_grad()
 def predict_logits(
     model: nn.Module,
@@ -132,76 +233,62 @@ def _tiled(model: nn.Module, images: torch.Tensor, window: tuple[int, int], over
 def evaluate(
     model: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    spec: EvalSpec | None = None,
     *,
-    num_classes: int,
     device: torch.device | str,
-    score_names: Sequence[str] = SCORES,
-    class_names: Sequence[str],
-    anomaly_id: int | None,
-    closed_set: bool = True,
-    miou_exclude: Sequence[str] = (),
-    ood_ignore: Sequence[str] = (),
-    protocols: Sequence[str] = PROTOCOLS,
-    flip: bool = False,
-    scales: Sequence[float] = (1.0,),
-    window: tuple[int, int] | None = None,
     sml_stats: SMLStatistics | None = None,
-    component_scores: Sequence[str] = (),
     keep_examples: int = 0,
     progress: bool = True,
+    **options,
 ) -> EvaluationResult:
-    """Evaluate segmentation and every anomaly score with one forward pass per batch.
+    """Evaluate segmentation and every anomaly score of `spec` with one forward pass per batch.
 
     Args:
         model: maps normalised images (B, 3, H, W) to logits (B, num_classes, H, W).
         batches: yields (uint8 images (B, 3, H, W), int64 masks (B, H, W)), e.g. a DataLoader.
-        num_classes: classes the model predicts (13 for StreetHazards; the anomaly is not one).
-        score_names: anomaly scores to evaluate (see `lib.scores`).
-        class_names: names of the masks' train ids (for the per-class IoU keys), e.g. a dataset
-            class's ``classes`` or `lib.registry.DatasetSpec.classes`.
-        anomaly_id: train id of anomaly pixels, the positives of the anomaly metrics
-            (`lib.registry.DatasetSpec.anomaly_id`); None for a set without anomaly labels (then
-            `score_names` must be empty). ``**spec.label_args`` gives both and `closed_set`.
-        closed_set: the masks hold the model's class ids (mIoU and the confusion matrix count); False
-            for the anomaly-only sets (LostAndFound, RoadAnomaly: 0 in-distribution, 1 anomaly), which
-            give anomaly metrics alone.
-        miou_exclude: class names left out of the mean IoU.
-        ood_ignore: class names whose pixels the anomaly metrics skip (none by default, as in
-            the official protocol; DenseHybrid skips "other").
-        protocols: ``pooled`` and/or ``per-image`` (see the module docstring).
-        flip, scales, window: test-time augmentation and sliding-window inference
-            (see `predict_logits`); the defaults run each image once, whole.
+        spec: what to measure and how (`EvalSpec`, e.g. ``EvalSpec.for_dataset("streethazards")``).
+        device: where the model runs and the metrics accumulate.
         sml_stats: training-split statistics for the ``sml`` score (`fit_sml_statistics`).
-        component_scores: scores that also get the SegmentMeIfYouCan component metrics
-            (``ood/<score>/{sIoU,PPV,mean_F1}/components``) at their best-F1 pooled pixel
-            threshold. The threshold is known only once every pixel has been seen, so their
-            score maps are kept in a temporary file (4 bytes per pixel and score, deleted at the
-            end) and a second, model-free pass over that file finds the components.
         keep_examples: keep the first N images with their predictions and score maps.
+        options: instead of `spec`, its fields as keywords (``num_classes=13, class_names=...,
+            anomaly_id=13, score_names=...``; the calls written before `EvalSpec` keep working).
+
+    The component metrics' threshold is known only once every pixel has been seen, so their score
+    maps are kept in a temporary file (4 bytes per pixel and score, deleted at the end) and a
+    second, model-free pass over that file finds the components.
 
     Returns:
         EvaluationResult whose ``metrics`` hold, in percent: ``seg/mIoU``, ``seg/minIoU``,
         ``seg/maxIoU``, ``seg/pixel_accuracy``, ``seg/mean_class_accuracy``,
         ``seg/IoU/<class>``, ``ood/<score>/{AUPR,AUROC,FPR95}/<protocol>`` and
         ``ood/anomaly_pixel_share`` (pooled: the AUPR of a random score).
+
+    Raises:
+        ValueError: an impossible spec (see `EvalSpec`), both a spec and keywords, or no batch.
     """
+    if spec is None:
+        unknown = sorted(set(options) - set(_SPEC_KEYWORDS))
+        if unknown:
+            raise TypeError(
+                f"evaluate() got unexpected keyword(s) {unknown}; EvalSpec fields: {list(_SPEC_KEYWORDS)}"
+            )
+        spec = EvalSpec(**{_SPEC_KEYWORDS[k]: v for k, v in options.items()})
+    elif options:
+        raise ValueError(
+            f"evaluate() got a spec and the options {sorted(options)}: put them in the spec "
+            "(dataclasses.replace(spec, ...))"
+        )
+    num_classes, class_names, anomaly_id, closed_set = (
+        spec.num_classes, spec.class_names, spec.anomaly_id, spec.closed_set,
+    )  # fmt: skip
+    score_names, protocols, miou_exclude, ood_ignore = (
+        spec.scores,
+        spec.protocols,
+        spec.miou_exclude,
+        spec.ood_ignore,
+    )
+    flip, scales, window, component_scores = spec.flip, spec.scales, spec.window, spec.component_scores
     device = torch.device(device)
-    if anomaly_id is None and score_names:
-        raise ValueError(
-            f"scores {list(score_names)} need anomaly labels; this set has none (anomaly_id=None)"
-        )
-    if not closed_set and miou_exclude:
-        raise ValueError("miou_exclude needs class labels; an anomaly-only set (closed_set=False) has none")
-    unknown = [n for n in miou_exclude if n not in class_names[:num_classes]]
-    if unknown:
-        raise ValueError(
-            f"miou_exclude names unknown class(es) {unknown}; valid: {list(class_names[:num_classes])}"
-        )
-    unknown = [n for n in ood_ignore if n not in class_names] + [p for p in protocols if p not in PROTOCOLS]
-    if unknown:
-        raise ValueError(
-            f"unknown class or protocol {unknown}; classes: {list(class_names)}, protocols: {PROTOCOLS}"
-        )
     ignored_ids = torch.tensor([class_names.index(n) for n in ood_ignore], dtype=torch.long, device=device)
     model.eval()
     confusion = ConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX, device=device)
@@ -213,14 +300,6 @@ def evaluate(
     )
     examples: list[Example] = []
     num_images = 0
-    unknown = [n for n in component_scores if n not in score_names]
-    if unknown:
-        raise ValueError(f"component_scores {unknown} must be among score_names {list(score_names)}")
-    if component_scores and "pooled" not in protocols:
-        raise ValueError(
-            f"component_scores {list(component_scores)} need the pooled protocol (their threshold is the "
-            f"best-F1 pooled one); protocols were {list(protocols)}"
-        )
     stores = {name: _MapStore() for name in component_scores}
     total = len(batches) if hasattr(batches, "__len__") else None
     for images, masks in tqdm(batches, total=total, desc="evaluate", disable=not progress, leave=False):

@@ -184,3 +184,37 @@ def test_abet_score_is_the_energy_of_the_logits_evaluated(flip):
     assert m["ood/abet/AUROC/pooled"] == pytest.approx(100.0)
     for metric in ("AUPR", "AUROC", "FPR95"):
         assert m[f"ood/abet/{metric}/pooled"] == m[f"ood/energy/{metric}/pooled"]
+
+
+def test_an_eval_spec_in_one_line_gives_what_the_keywords_give():
+    """EvalSpec.for_dataset: the registry's labels and published protocol; evaluate(model, loader,
+    spec) measures exactly what the keyword call (written before the spec) measures."""
+    import dataclasses
+
+    from lib.test import EvalSpec
+
+    spec = EvalSpec.for_dataset("streethazards", miou_exclude=(), protocols=("pooled", "per-image"))
+    assert (spec.num_classes, spec.anomaly_id, spec.class_names[-1], spec.scores) == (
+        13, 13, "anomaly", ("msp", "maxlogit", "entropy", "energy"),
+    )  # fmt: skip
+    assert EvalSpec.for_dataset("streethazards").miou_exclude == ("pedestrian",)  # its protocol
+    by_spec = evaluate(MarkerModel(), _batches(), spec, device="cpu", progress=False).metrics
+    by_keywords = evaluate(
+        MarkerModel(), _batches(), num_classes=13, **STREETHAZARDS_LABELS, device="cpu", progress=False
+    ).metrics
+    assert by_spec.keys() == by_keywords.keys()
+    assert all(by_spec[k] == pytest.approx(v, nan_ok=True) for k, v in by_keywords.items())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.scores = ("msp",)
+    with pytest.raises(ValueError, match=r"put them in the spec \(dataclasses.replace"):
+        evaluate(MarkerModel(), _batches(), spec, device="cpu", protocols=("pooled",))
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        evaluate(MarkerModel(), _batches(), device="cpu", num_clases=13)
+    # an anomaly-only set needs the model's class count; a set without anomaly labels gets no score
+    with pytest.raises(ValueError, match="anomaly-only set: give num_classes"):
+        EvalSpec.for_dataset("roadanomaly")
+    ra = EvalSpec.for_dataset("roadanomaly", num_classes=19)
+    assert (ra.closed_set, ra.anomaly_id, ra.num_classes, ra.miou_exclude) == (False, 1, 19, ())
+    assert EvalSpec.for_dataset("cityscapes").scores == ()
+    with pytest.raises(ValueError, match="need anomaly labels"):
+        EvalSpec.for_dataset("cityscapes", scores=("msp",))

@@ -322,11 +322,11 @@ class RunConfig:
         from lib.registry import dataset_spec, resolve_test_sets
 
         spec = dataset_spec(self.dataset)
-        if self.unknown_as_class and spec.loader != "bdd100k":
+        if self.unknown_as_class and not spec.unknown_label:
             raise ValueError(f"unknown_as_class applies to BDD100K, not to dataset={self.dataset!r}")
         for entry in self.cities:
             split, sep, city = entry.partition("/")
-            if spec.loader != "cityscapes":
+            if not spec.city_folders:
                 raise ValueError(f"cities applies to Cityscapes, not to dataset={self.dataset!r}")
             if not sep or split not in ("train", "val", "test") or not city:
                 raise ValueError(f"cities entry {entry!r} must read split/city, e.g. train/hamburg")

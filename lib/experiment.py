@@ -74,12 +74,14 @@ def test_sets(cfg: RunConfig) -> list[TestSet]:
 
 
 def _loader_options(cfg: RunConfig, spec: DatasetSpec, split: str) -> dict[str, Any]:
-    if spec.loader == "cityscapes":
+    """The run's options for the loader of `spec`, from what the registry says the dataset has."""
+    options: dict[str, Any] = {}
+    if spec.city_folders:
         chosen = [entry.split("/", 1)[1] for entry in cfg.cities if entry.split("/", 1)[0] == split]
-        return {"cities": chosen or None}
-    if spec.loader == "bdd100k":
-        return {"unknown_as_class": cfg.unknown_as_class}
-    return {}
+        options["cities"] = chosen or None
+    if spec.unknown_label:
+        options["unknown_as_class"] = cfg.unknown_as_class
+    return options
 
 
 def open_split(
@@ -109,7 +111,7 @@ def open_split(
 def _prepare(cfg: RunConfig, spec: DatasetSpec, root: Path, roles: list[str]) -> None:
     """Download (StreetHazards with ``cfg.download``) or generate (the synthetic names) what `roles`
     of `spec` need under `root`, then check every file of those splits."""
-    if spec.name == "streethazards" and cfg.download:
+    if spec.downloadable and cfg.download:
         from lib.download import download_streethazards
 
         parts = tuple(dict.fromkeys("test" if role == "test" else "train" for role in roles))
@@ -677,24 +679,34 @@ def report_run(
     run_dir: Path,
     start: float,
     results_csv: str | None,
+    metrics_file: str = "metrics.json",
+    figures: bool = True,
+    extra_columns: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Figures, ``metrics.json``, the results row (appended to ``<out_dir>/<results_csv>`` unless
-    None) and the printed tables of an evaluated run; returns the row with its ``run_dir``.
+    None) and the printed tables of an evaluated run; returns the row with its ``run_dir``. The one
+    evaluate-and-report of `run`, `evaluate_weights`, ``scripts/test.py --checkpoint`` and the notebook.
 
     The figures of the training dataset's own test split go to the run folder, those of every other
     test set to ``<run folder>/<set name>/`` (`lib.figures.save_run_figures`).
+
+    Args:
+        metrics_file: the metrics' file name in the run folder (a checkpoint evaluated again writes
+            ``test_best.json`` beside its training run's ``metrics.json``).
+        figures: write the figures.
+        extra_columns: appended to the row (e.g. the checkpoint evaluated, its epoch, the TTA).
     """
     evaluation = _as_evaluation(cfg, evaluation)
-    for i, s in enumerate(evaluation.sets):
+    for i, s in enumerate(evaluation.sets if figures else ()):
         folder = run_dir / s.test_set.prefix if s.test_set.prefix else run_dir
         save_run_figures(
             s.result, history if i == 0 else [], cfg, folder,
             title=f"{cfg.arch} {cfg.backbone}, {cfg.head} head, {cfg.loss} - {s.test_set.label}",
             class_names=s.result.class_names, model_classes=known_classes(cfg),
         )  # fmt: skip
-    atomic_write_bytes(run_dir / "metrics.json", json.dumps(evaluation.metrics, indent=2).encode())
+    atomic_write_bytes(run_dir / metrics_file, json.dumps(evaluation.metrics, indent=2).encode())
     seconds = time.perf_counter() - start
-    row = results_row(cfg, evaluation, run_dir=run_dir, seconds=seconds)
+    row = {**results_row(cfg, evaluation, run_dir=run_dir, seconds=seconds), **(extra_columns or {})}
     if results_csv is not None:
         append_csv_row(Path(cfg.out_dir) / results_csv, row)
     for s in evaluation.sets:
@@ -705,5 +717,6 @@ def report_run(
     print(
         f"\nrun folder: {run_dir}"
         + (f"   results row: {Path(cfg.out_dir) / results_csv}" if results_csv else "")
+        + (f"   metrics: {run_dir / metrics_file}" if metrics_file != "metrics.json" else "")
     )
     return {**row, "run_dir": str(run_dir)}

@@ -70,6 +70,12 @@ class DatasetSpec:
     generated: str | None = None
     """`lib.synthetic` format it is generated in (no download); None: real data."""
     description: str = ""
+    city_folders: bool = False
+    """Its splits hold city folders that ``RunConfig.cities`` can pick (Cityscapes)."""
+    unknown_label: bool = False
+    """Its label 255 is an "unknown" class that ``RunConfig.unknown_as_class`` can train (BDD100K)."""
+    downloadable: bool = False
+    """`lib.download` fetches it (``RunConfig.download``; StreetHazards)."""
 
     @property
     def closed_set(self) -> bool:
@@ -92,7 +98,7 @@ class DatasetSpec:
             raise ValueError(f"{self.name} is an evaluation-only set: no model is trained on it")
         known = self.classes[: self.num_known]
         if unknown_as_class:
-            if self.loader != "bdd100k":
+            if not self.unknown_label:
                 raise ValueError(f"unknown_as_class applies to BDD100K only, not to {self.name}")
             known = (*known, BDD100K_UNKNOWN_CLASS)
         return known
@@ -145,12 +151,14 @@ REGISTRY: dict[str, DatasetSpec] = {
         "streethazards",
         default_root="data/streethazards",
         miou_exclude=("pedestrian",),
+        downloadable=True,
         description="StreetHazards (CARLA; 5125 train, 1031 val, 1500 test images with anomalies)",
         **_STREETHAZARDS,
     ),
     **_pair("cityscapes", "data/cityscapes", "Cityscapes (leftImg8bit + gtFine labelIds)",
-            loader="cityscapes", **_CITY),
-    **_pair("bdd100k", "data/bdd100k", "BDD100K 10K semantic segmentation", loader="bdd100k", **_CITY),
+            loader="cityscapes", city_folders=True, **_CITY),
+    **_pair("bdd100k", "data/bdd100k", "BDD100K 10K semantic segmentation", loader="bdd100k",
+            unknown_label=True, **_CITY),
     **_pair("lostandfound", "data/lostandfound", "LostAndFound (leftImg8bit + gtCoarse)",
             loader="lostandfound", **_ANOMALY_SET),
     **_pair("roadanomaly", "data/roadanomaly", "RoadAnomaly (images + labels_masks)",

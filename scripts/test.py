@@ -39,7 +39,6 @@ its epoch) to <out-dir>/results.csv; the metrics also go to test_<checkpoint>.js
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -117,15 +116,8 @@ def evaluate_checkpoint(args: argparse.Namespace) -> int:
     from lib.checkpoint import load_checkpoint
     from lib.cli import UsageError
     from lib.config import config_with_overrides, given_fields
-    from lib.experiment import (
-        evaluate_test_sets,
-        make_model,
-        prepare_data,
-        results_row,
-        selection_overlap_note,
-    )
-    from lib.test import results_table
-    from lib.utils import append_csv_row, atomic_write_bytes, pick_device, seed_everything
+    from lib.experiment import evaluate_test_sets, make_model, prepare_data, report_run
+    from lib.utils import pick_device, seed_everything
 
     if args.preset or args.weights:
         raise UsageError("--checkpoint brings its own config: drop --preset and --weights")
@@ -149,22 +141,12 @@ def evaluate_checkpoint(args: argparse.Namespace) -> int:
     model = make_model(cfg, initial_weights=False)
     model.load_state_dict(checkpoint["model"])
     evaluation = evaluate_test_sets(cfg, model.to(device), device=device, flip=args.flip)
-    seconds = time.perf_counter() - start
-    row = {
-        **results_row(cfg, evaluation, run_dir=path.parent, seconds=seconds),
-        "checkpoint": str(path),
-        "checkpoint_epoch": checkpoint["epoch"],
-        "tta": f"flip={args.flip} scales={' '.join(map(str, cfg.eval_scales))}",
-    }
-    append_csv_row(Path(cfg.out_dir) / "results.csv", row)
-    out = path.parent / f"test_{path.stem}.json"
-    atomic_write_bytes(out, json.dumps(evaluation.metrics, indent=2).encode())
-    for s in evaluation.sets:
-        print(f"\nResults on the {s.test_set.label} ({s.result.num_images} images, {seconds:.0f} s):")
-        print(results_table(s.result.metrics, cfg.scores))
-        if note := selection_overlap_note(cfg, s.test_set):
-            print(note)
-    print(f"\nresults row: {Path(cfg.out_dir) / 'results.csv'}   metrics: {out}")
+    report_run(
+        cfg, evaluation, [], run_dir=path.parent, start=start, results_csv="results.csv",
+        metrics_file=f"test_{path.stem}.json", figures=False,
+        extra_columns={"checkpoint": str(path), "checkpoint_epoch": checkpoint["epoch"],
+                       "tta": f"flip={args.flip} scales={' '.join(map(str, cfg.eval_scales))}"},
+    )  # fmt: skip
     return 0
 
 

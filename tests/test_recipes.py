@@ -381,3 +381,17 @@ def test_a_second_recipe_runner_is_refused_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "another runner is working on the recipe table" in err
     assert not (tmp_path / "recipes.csv").exists()
+
+
+def test_dataset_facts_are_registry_attributes_not_name_branches():
+    """What a run does per dataset follows the registry's attributes (city folders, an unknown
+    label, a download), so the run path compares no dataset names."""
+    import re
+
+    assert [n for n, s in REGISTRY.items() if s.city_folders] == ["cityscapes", "synthetic-cityscapes"]
+    assert [n for n, s in REGISTRY.items() if s.unknown_label] == ["bdd100k", "synthetic-bdd100k"]
+    assert [n for n, s in REGISTRY.items() if s.downloadable] == ["streethazards"]
+    names = "|".join(REGISTRY)
+    for module in ("lib/experiment.py", "lib/config.py", "lib/test.py"):
+        source = (ROOT / module).read_text()
+        assert not re.search(rf'(loader|name|dataset) [!=]= "({names})"', source), module

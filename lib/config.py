@@ -318,8 +318,22 @@ class RunConfig:
         if self.gamma_focal < 0 or self.entropy_weight < 0:
             raise ValueError("gamma_focal and entropy_weight must be >= 0")
 
+    @property
+    def plan(self):
+        """What the data settings resolve to (`lib.registry.RunPlan`: the dataset's entry, the model's
+        classes, the test sets with their folders) - resolved once, when the config is checked, and
+        again only if a data field was changed in place since."""
+        from lib.registry import resolve_run
+
+        key = (self.dataset, self.data_root, tuple(self.test_sets), self.unknown_as_class)
+        cached = self.__dict__.get("_plan")
+        if cached is None or cached[0] != key:
+            plan = resolve_run(self.dataset, self.data_root, key[2], unknown_as_class=self.unknown_as_class)
+            self.__dict__["_plan"] = cached = (key, plan)
+        return cached[1]
+
     def _validate_data(self) -> None:
-        from lib.registry import dataset_spec, resolve_test_sets
+        from lib.registry import dataset_spec
 
         spec = dataset_spec(self.dataset)
         if self.unknown_as_class and not spec.unknown_label:
@@ -332,7 +346,7 @@ class RunConfig:
                 raise ValueError(f"cities entry {entry!r} must read split/city, e.g. train/hamburg")
         for entry in self.test_sets:
             _check_choice("test_sets", parse_test_set(entry)[0], TEST_SETS)
-        for t in resolve_test_sets(self.dataset, self.data_root, self.test_sets):
+        for t in self.plan.test_sets:
             if t.spec.anomaly_only and not self.scores:
                 raise ValueError(
                     f"test set {t.name!r} has anomaly labels only and scores is empty: nothing would be "

@@ -36,7 +36,7 @@ from lib.datasets import open_dataset
 from lib.figures import save_run_figures
 from lib.losses import SegmentationLoss
 from lib.published import comparison_table, published_results
-from lib.registry import DatasetSpec, TestSet, dataset_spec, resolve_test_sets
+from lib.registry import DatasetSpec, TestSet
 from lib.test import EvalSpec, EvaluationResult, evaluate, fit_sml_statistics, results_table
 from lib.train import fit
 from lib.utils import append_csv_row, atomic_write_bytes, next_run_dir, pick_device, seed_everything
@@ -59,18 +59,19 @@ SPLITS = ("train", "val", "test")
 
 
 def known_classes(cfg: RunConfig) -> tuple[str, ...]:
-    """The classes the run's model predicts, in output order (from the dataset registry)."""
-    return dataset_spec(cfg.dataset).known_classes(unknown_as_class=cfg.unknown_as_class)
+    """The classes the run's model predicts, in output order (``cfg.plan.classes``)."""
+    return cfg.plan.classes
 
 
 def num_classes(cfg: RunConfig) -> int:
     """How many classes the run's model predicts: 13 for StreetHazards, 19 for Cityscapes, ..."""
-    return len(known_classes(cfg))
+    return cfg.plan.num_classes
 
 
 def test_sets(cfg: RunConfig) -> list[TestSet]:
-    """The run's evaluation sets (`lib.registry.resolve_test_sets`): its own test split by default."""
-    return resolve_test_sets(cfg.dataset, cfg.data_root, cfg.test_sets)
+    """The run's evaluation sets, resolved once with the config (``cfg.plan.test_sets``): its own
+    test split by default."""
+    return list(cfg.plan.test_sets)
 
 
 def _loader_options(cfg: RunConfig, spec: DatasetSpec, split: str) -> dict[str, Any]:
@@ -152,7 +153,7 @@ def prepare_data(cfg: RunConfig, *, splits: tuple[str, ...] = SPLITS) -> Path:
     sets = test_sets(cfg) if "test" in splits else []
     own = [role for role in splits if role != "test"] + ["test" for t in sets if not t.prefix]
     if own:
-        _prepare(cfg, dataset_spec(cfg.dataset), root, own)
+        _prepare(cfg, cfg.plan.dataset, root, own)
     for t in sets:
         if t.prefix:
             _prepare(cfg, t.spec, Path(t.root), ["test"])
@@ -163,7 +164,7 @@ def make_datasets(cfg: RunConfig, *, splits: tuple[str, ...] = SPLITS) -> Datase
     """Training split with random crop + flip (unless ``cfg.augment`` is off; and the resize and
     colour jitter the config asks for); validation and test sets at full resolution. Splits not in
     `splits` are None."""
-    spec, root = dataset_spec(cfg.dataset), Path(cfg.data_root)
+    spec, root = cfg.plan.dataset, Path(cfg.data_root)
     train = val = None
     if "train" in splits:
         transforms = (
@@ -318,7 +319,7 @@ def _sharded_loader(
 
 def fit_sml(cfg: RunConfig, model: nn.Module, *, device: torch.device):
     """Statistics of the ``sml`` score, fitted on the (un-augmented) training split of the run."""
-    train_set = open_split(cfg, dataset_spec(cfg.dataset), cfg.data_root, "train")
+    train_set = open_split(cfg, cfg.plan.dataset, cfg.data_root, "train")
     loader = make_loader(
         train_set, batch_size=cfg.eval_batch_size, shuffle=False, num_workers=cfg.num_workers, seed=cfg.seed
     )
@@ -485,7 +486,7 @@ def selection_split(cfg: RunConfig) -> str:
     split``; ``-`` for trained weights evaluated as they are (`RunConfig.weights`)."""
     if cfg.weights:
         return "-"
-    return f"{cfg.dataset} {dataset_spec(cfg.dataset).splits['val']} split"
+    return f"{cfg.dataset} {cfg.plan.dataset.splits['val']} split"
 
 
 def selection_overlap_note(cfg: RunConfig, test_set: TestSet) -> str | None:

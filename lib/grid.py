@@ -61,7 +61,6 @@ from lib.config import (
     presets,
 )
 from lib.figures import plot_loss_curves, plot_setting_bars, plot_two_field_heatmaps
-from lib.registry import dataset_spec
 from lib.utils import append_csv_row, atomic_write_bytes, write_csv
 
 #: Short column names of the reference project's CSVs (other scores keep their own name).
@@ -225,7 +224,7 @@ def config_id(cfg: RunConfig, protocol: str, *, training_only: bool = False) -> 
     if "miou_exclude" in values and values["miou_exclude"] is None:
         # None means the dataset's own protocol (lib.registry): hash what that is, as rows written
         # when the field's default was the explicit () did
-        values["miou_exclude"] = dataset_spec(cfg.dataset).miou_exclude
+        values["miou_exclude"] = cfg.plan.dataset.miou_exclude
     text = json.dumps({**values, "protocol": protocol}, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 

@@ -255,8 +255,43 @@ def resolve_test_sets(dataset: str, data_root: str, test_sets: tuple[str, ...]) 
     return out
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run's data settings resolve to, once (`RunConfig.plan`): the training dataset's entry,
+    the model's classes and every test set with its folder."""
+
+    dataset: DatasetSpec
+    data_root: str
+    classes: tuple[str, ...]
+    """The classes the model predicts, in output order."""
+    test_sets: tuple[TestSet, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def resolve_run(
+    dataset: str, data_root: str, test_sets: tuple[str, ...], *, unknown_as_class: bool = False
+) -> RunPlan:
+    """The `RunPlan` of a run trained on `dataset` at `data_root` and evaluated on `test_sets`.
+
+    Raises:
+        ValueError: an unknown name, or test sets that do not fit (see `resolve_test_sets`).
+    """
+    spec = dataset_spec(dataset)
+    return RunPlan(
+        dataset=spec,
+        data_root=str(data_root),
+        classes=spec.known_classes(unknown_as_class=unknown_as_class),
+        test_sets=tuple(resolve_test_sets(dataset, data_root, test_sets)),
+    )
+
+
 __all__ = [
     "CITYSCAPES_CLASSES",
+    "RunPlan",
+    "resolve_run",
     "REGISTRY",
     "TEST_SETS",
     "TRAINING_DATASETS",

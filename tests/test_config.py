@@ -172,3 +172,29 @@ def test_only_user_paths_become_one_line_errors(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(lib.experiment, "run", broken)
     with pytest.raises(FileNotFoundError, match="internal/cache.bin"):
         main(["--preset", "tiny", "--out-dir", str(tmp_path)])
+
+
+def test_a_run_resolves_its_datasets_once(monkeypatch, tmp_path):
+    """The test sets are resolved when the config is checked (RunConfig.plan) and every step of the
+    run reads that plan: no step resolves them again, unless a data field changes in place."""
+    import lib.registry
+    from lib.experiment import known_classes, make_datasets, num_classes, prepare_data, test_sets
+
+    calls = []
+    original = lib.registry.resolve_test_sets
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(lib.registry, "resolve_test_sets", counting)
+    cfg = RunConfig(**{**presets()["tiny"], "data_root": str(tmp_path / "data"), "progress": False})
+    prepare_data(cfg)
+    make_datasets(cfg)
+    assert [t.name for t in test_sets(cfg)] == ["synthetic"] and num_classes(cfg) == 13
+    assert known_classes(cfg) == cfg.plan.classes and len(calls) == 1
+    cfg.data_root = str(tmp_path / "elsewhere")  # changed in place: resolved again, once
+    assert cfg.plan.test_sets[0].root == str(tmp_path / "elsewhere") and cfg.plan.data_root.endswith(
+        "elsewhere"
+    )
+    assert len(calls) == 2

@@ -264,9 +264,11 @@ class RunConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the field and its valid values when a setting is off."""
-        _check_choice("dataset", self.dataset, DATASETS)
-        _check_choice("arch", self.arch, tuple(ARCHS))
-        _check_choice("backbone", self.backbone, BACKBONES)
+        for f in dataclasses.fields(self):  # every field with choices (its metadata), each item of a tuple
+            choices, value = f.metadata.get("choices"), getattr(self, f.name)
+            if choices is not None and value is not None:
+                for item in value if isinstance(value, tuple) else (value,):
+                    _check_choice(f.name, item, choices)
         if self.backbone not in ARCHS[self.arch]:
             raise ValueError(
                 f"arch={self.arch!r} with backbone={self.backbone!r} does not exist; {self.arch} takes "
@@ -281,16 +283,6 @@ class RunConfig:
                 f"separable_conv applies to the DeepLab decoders only, not to arch={self.arch!r}"
             )
         self._validate_data()
-        _check_choice("head", self.head, HEADS)
-        _check_choice("loss", self.loss, LOSSES)
-        _check_choice("scheduler", self.scheduler, SCHEDULERS)
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _check_choice("amp", self.amp, AMP_MODES)
-        _check_choice("entropy_term", self.entropy_term, ENTROPY_TERMS)
-        if self.pretrained_on is not None:
-            _check_choice("pretrained_on", self.pretrained_on, PRETRAINED_ON)
-        for name in self.scores:
-            _check_choice("scores", name, ALL_SCORES)
         self._validate_evaluation()
         if self.output_stride not in (8, 16):
             raise ValueError(f"output_stride must be 8 or 16, got {self.output_stride}")
@@ -362,14 +354,9 @@ class RunConfig:
             raise ValueError(f"eval_scales must be positive factors, got {self.eval_scales}")
 
     def _validate_evaluation(self) -> None:
-        from lib.registry import dataset_spec
-
         if not self.protocols:
             raise ValueError(f"protocols must name at least one of: {', '.join(PROTOCOLS)}")
-        for name in self.protocols:
-            _check_choice("protocols", name, PROTOCOLS)
-        spec = dataset_spec(self.dataset)
-        classes = spec.known_classes(unknown_as_class=self.unknown_as_class)
+        classes = self.plan.classes
         for name in (*self.ood_ignore, *(self.miou_exclude or ())):
             if name not in classes:
                 what = "ood_ignore" if name in self.ood_ignore else "miou_exclude"

@@ -617,12 +617,15 @@ class RoadAnomaly(SegmentationDataset):
         self.label_values = label_values
         self.encoding = encodings[label_values]
         self.skip_unlabeled = skip_unlabeled
+        #: The root holds the original release (``frame_list.json`` + ``frames/``), looked up once.
+        self.is_release = all((Path(root) / p).exists() for p in ROAD_ANOMALY_RELEASE)
         super().__init__(root, split, transforms=transforms, limit=limit)
 
-    @property
-    def is_release(self) -> bool:
-        """Whether the root holds the original release (``frame_list.json`` + ``frames/``)."""
-        return all((self.root / p).exists() for p in ROAD_ANOMALY_RELEASE)
+    @staticmethod
+    def _image_named(folder: Path, stem: str) -> Path:
+        """The image `stem` in `folder` with whichever extension it has (the first one when none)."""
+        matches = [folder / f"{stem}{ext}" for ext in _ROAD_ANOMALY_IMAGE_EXTS]
+        return next((m for m in matches if m.is_file()), matches[0])
 
     @staticmethod
     def _release_label(image: Path) -> Path:
@@ -665,24 +668,16 @@ class RoadAnomaly(SegmentationDataset):
         if self.is_release:
             out = []
             for folder in sorted((self.root / ROAD_ANOMALY_RELEASE[1]).glob("*.labels")):
-                stem = folder.name.removesuffix(".labels")
-                matches = [folder.parent / f"{stem}{ext}" for ext in _ROAD_ANOMALY_IMAGE_EXTS]
                 if (folder / "labels_semantic.png").is_file():
-                    out.append(
-                        (
-                            folder / "labels_semantic.png",
-                            next((m for m in matches if m.is_file()), matches[0]),
-                        )
-                    )
+                    image = self._image_named(folder.parent, folder.name.removesuffix(".labels"))
+                    out.append((folder / "labels_semantic.png", image))
             return out
         image_dir, label_dir, _ = self._folders()
         out = []
         for a in sorted(label_dir.glob("*.png")) if label_dir.is_dir() else []:
             if a.stem.endswith("_color"):  # colour visualisations that ship beside the masks
                 continue
-            stem = a.stem.removesuffix("_labels_semantic")
-            matches = [image_dir / f"{stem}{ext}" for ext in _ROAD_ANOMALY_IMAGE_EXTS]
-            out.append((a, next((m for m in matches if m.is_file()), matches[0])))
+            out.append((a, self._image_named(image_dir, a.stem.removesuffix("_labels_semantic"))))
         return out
 
     def read_mask(self, path: Path) -> np.ndarray:

@@ -335,8 +335,7 @@ def run_grid(
             print(f"\n[{i}/{len(todo)}] {item.name} ({note})")
             if dry_run:
                 continue
-            if resume is None and run_dir.exists():
-                shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing worth keeping
+            clear_unstarted(run_dir)
             try:
                 row = grid_row(grid, item, run(item.config, keep_examples=keep_examples, resume=resume,
                                                results_csv=None))  # fmt: skip
@@ -352,6 +351,14 @@ def run_grid(
         write_csv(out / f"{grid.name}_summary.csv", summary)
         plot_grid(grid, result, out, summary=summary)
     return result
+
+
+def clear_unstarted(run_dir: Path) -> None:
+    """Remove a run folder that holds no ``last.pt`` (a run stopped before its first checkpoint:
+    nothing worth keeping), so that the run starts afresh there; a folder with one is kept (the run
+    continues from it)."""
+    if run_dir.exists() and not (run_dir / "last.pt").is_file():
+        shutil.rmtree(run_dir)
 
 
 class GridLockedError(RuntimeError):

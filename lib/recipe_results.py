@@ -17,13 +17,12 @@ it only for scale.
 from __future__ import annotations
 
 import math
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from lib.config import RunConfig
-from lib.grid import read_rows, runner_lock
+from lib.grid import clear_unstarted, read_rows, runner_lock
 from lib.recipes import RECIPES, preset_settings
 from lib.registry import resolve_test_sets
 from lib.utils import append_csv_row, atomic_write_bytes
@@ -54,11 +53,10 @@ def recipe_config(name: str, size: str, *, out_dir: str | Path, data_dir: str | 
     settings.update(out_dir=str(Path(out_dir) / "recipes"), run_name=f"{name}-{size}", **overrides)
     if data_dir is not None:
         cfg = RunConfig(**settings)
-        sets = resolve_test_sets(cfg.dataset, cfg.data_root, cfg.test_sets)
         settings["data_root"] = str(Path(data_dir) / cfg.dataset)
         if cfg.test_sets:
             settings["test_sets"] = tuple(t.name if not t.prefix else f"{t.name}={Path(data_dir) / t.name}"
-                                          for t in sets)  # fmt: skip
+                                          for t in cfg.plan.test_sets)  # fmt: skip
     return RunConfig(**settings)
 
 
@@ -102,15 +100,14 @@ def run_recipes(
             print(
                 f"\n[{i}/{len(todo)}] {cfg.run_name} ({'continuing from its last checkpoint' if resume else 'new'})"
             )
-            if resume is None and run_dir.exists():
-                shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing worth keeping
+            clear_unstarted(run_dir)
             row = run(cfg, keep_examples=keep_examples, resume=resume, results_csv=None)
             row = {"recipe": name, "size": size, "resumed": resume is not None,
                    **{k: v for k, v in row.items() if k != "run_dir"}}  # fmt: skip
             append_csv_row(csv_path, row)
-        rows = {r["run"]: r for r in read_rows(csv_path)}
-        result = [rows[configs[n].run_name] for n in names if configs[n].run_name in rows]
         every = [r for r in read_rows(csv_path) if r.get("recipe") in RECIPES]
+        rows = {r["run"]: r for r in every}
+        result = [rows[configs[n].run_name] for n in names if configs[n].run_name in rows]
         atomic_write_bytes(out / TABLE_MD, (markdown_table(every) + "\n").encode())
     print(f"\n{markdown_table(result)}\n\ntable: {out / TABLE_MD}   rows: {csv_path}")
     return result

@@ -395,3 +395,24 @@ def test_dataset_facts_are_registry_attributes_not_name_branches():
     for module in ("lib/experiment.py", "lib/config.py", "lib/test.py"):
         source = (ROOT / module).read_text()
         assert not re.search(rf'(loader|name|dataset) [!=]= "({names})"', source), module
+
+
+@pytest.mark.slow
+def test_roadanomaly_in_its_original_release_layout_through_the_command_line(work, tmp_path, capsys):
+    """`scripts/test.py --checkpoint RUN --test-set roadanomaly --data-root ROOT` on a root in the
+    original release layout (frame_list.json, frames/NAME.labels/labels_semantic.png)."""
+    from scripts.test import main
+    from tests.conftest import write_road_anomaly
+
+    run_dir = work / "abet" / "runs" / "run_0"
+    if not (run_dir / "best.pt").is_file():
+        assert __import__("scripts.main").main.main(_offline_args("abet", work)) == 0
+    root = tmp_path / "RoadAnomaly"
+    write_road_anomaly(root, 2, layout="release", size=(64, 96))
+    argv = ["--checkpoint", str(run_dir), "--test-set", "roadanomaly", "--data-root", str(root),
+            "--no-progress", "--out-dir", str(tmp_path / "eval")]  # fmt: skip
+    assert main(argv) == 0
+    assert "Results on the roadanomaly test split (2 images" in capsys.readouterr().out
+    metrics = json.loads((run_dir / "test_best.json").read_text())
+    share = metrics["roadanomaly/ood/anomaly_pixel_share"]
+    assert share == pytest.approx(100 * 2 * 42 / (2 * 64 * 96))  # class 2 of each frame, nothing ignored

@@ -38,6 +38,27 @@ __all__ = [
 ]
 
 
+def check_no_nan(scores: torch.Tensor, keep: torch.Tensor | None = None, where: str = "") -> None:
+    """The one NaN rule of every anomaly metric (pooled, per image, exact or binned, components):
+    NaN among the counted pixels raises ValueError, NaN where ``keep`` is False is allowed.
+
+    Args:
+        scores: float scores, any shape. keep: optional bool mask of the counted pixels, same shape.
+        where: appended to the message, e.g. " (image 3 of the batch)".
+    """
+    # A finite sum proves there is no NaN (one reduction, no mask); otherwise look closer.
+    if bool(torch.isfinite(scores.sum())):
+        return
+    nan = torch.isnan(scores)
+    if keep is not None:
+        nan &= keep
+    if bool(nan.any()):
+        raise ValueError(
+            f"anomaly scores contain {int(nan.sum())} NaN value(s) among the counted pixels{where}; "
+            "NaN has no rank (check the score computation for 0/0 or inf - inf)"
+        )
+
+
 def _as_device(device: torch.device | str | None) -> torch.device | None:
     return None if device is None else torch.device(device)
 
@@ -541,15 +562,7 @@ class AnomalyMetric:
         label = is_anomaly.detach().reshape(-1).to(device)
         label = label.to(torch.int32) if label.dtype == torch.bool else (label != 0).to(torch.int32)
         keep = None if valid is None else valid.detach().reshape(-1).to(device=device, dtype=torch.bool)
-        # A finite sum proves there is no NaN (one reduction, no mask); otherwise look closer.
-        nan = None if bool(torch.isfinite(x.sum())) else torch.isnan(x)
-        if nan is not None and keep is not None:
-            nan &= keep  # NaN is allowed where the pixel is not counted
-        if nan is not None and bool(nan.any()):
-            raise ValueError(
-                f"anomaly scores contain {int(nan.sum())} NaN value(s) among the counted pixels; "
-                "NaN has no rank (check the score computation for 0/0 or inf - inf)"
-            )
+        check_no_nan(x, keep)
         offset = self._checked_offset()
         if offset is None:
             offset = _choose_offset(x, keep)
@@ -709,10 +722,10 @@ class PerImageAnomalyMetric:
         sums = [0.0] * 5  # AUPR, AUROC, FPR95, images averaged, images skipped
         for i in range(scores.shape[0]):
             raw = scores[i].detach().reshape(-1)
-            s = raw.float()
-            y = is_anomaly[i].detach().reshape(-1).to(s.device).bool()
-            keep = None if valid is None else valid[i].detach().reshape(-1).to(s.device).bool()
-            m = self._exact(s, y, keep) if self.exact else self._binned(raw, s, y, keep)
+            y = is_anomaly[i].detach().reshape(-1).to(raw.device).bool()
+            keep = None if valid is None else valid[i].detach().reshape(-1).to(raw.device).bool()
+            check_no_nan(raw, keep, f" (image {i} of the batch)")
+            m = self._exact(raw, y, keep) if self.exact else self._binned(raw, raw.float(), y, keep)
             if m is None:
                 sums[4] += 1.0
                 continue
@@ -722,26 +735,17 @@ class PerImageAnomalyMetric:
         if scores.shape[0]:
             self.state += torch.tensor(sums, dtype=torch.float64, device=self.state.device)
 
-    @staticmethod
-    def _check_nan(s: torch.Tensor, keep: torch.Tensor | None) -> None:
-        if not bool(torch.isfinite(s.sum())):
-            nan = torch.isnan(s) if keep is None else torch.isnan(s) & keep
-            if bool(nan.any()):
-                raise ValueError("anomaly scores contain NaN values among the counted pixels")
-
     def _exact(self, s: torch.Tensor, y: torch.Tensor, keep: torch.Tensor | None) -> dict | None:
         if keep is not None:
             s, y = s[keep], y[keep]
         n_pos = int(y.sum())
         if n_pos == 0 or n_pos == y.numel():
             return None
-        self._check_nan(s, None)
         return exact_rank_metrics(s.cpu().numpy(), y.cpu().numpy())
 
     def _binned(
         self, raw: torch.Tensor, s: torch.Tensor, y: torch.Tensor, keep: torch.Tensor | None
     ) -> dict | None:
-        self._check_nan(s, keep)
         shifted = _shifted(raw, s, _choose_offset(s, keep))  # bins resolve the image's spread, not its level
         index = _score_index(shifted, y.to(torch.int32), self.bits)  # bin * 2 + label
         if keep is not None:
@@ -780,9 +784,13 @@ def exact_rank_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, floa
 
     Sorts the inlier and the anomaly scores separately (values only, no argsort) and reads every
     count with ``searchsorted``, ties included, so it costs about one ``np.sort`` of the pixels.
-    Both classes must be present.
+    Scores keep their precision (float64 stays float64; integers become float64). Both classes
+    must be present; NaN raises ValueError (`check_no_nan`).
     """
-    scores = np.asarray(scores, dtype=np.float32).ravel()
+    scores = np.asarray(scores).ravel()
+    if not np.issubdtype(scores.dtype, np.floating):
+        scores = scores.astype(np.float64)
+    check_no_nan(torch.from_numpy(scores))
     labels = np.asarray(labels, dtype=bool).ravel()
     neg = np.sort(scores[~labels])
     pos = np.sort(scores[labels])

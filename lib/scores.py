@@ -23,11 +23,53 @@ from lib.config import ALL_SCORES, SCORES
 PANS_SCALE = 10.0
 
 
+class NonFiniteLogitsError(ValueError):
+    """A pixel's logits hold +inf or NaN, or are all -inf: no score of it has a value.
+
+    Attributes:
+        image: index of the first such image in the batch. pixel: its (row, column).
+    """
+
+    def __init__(self, message: str, image: int, pixel: tuple[int, int]) -> None:
+        super().__init__(message)
+        self.image = image
+        self.pixel = pixel
+
+
+def _check_finite_max(z_max: torch.Tensor, logits: torch.Tensor) -> None:
+    """Raise `NonFiniteLogitsError` unless every pixel's maximal logit is finite.
+
+    The maximum over the classes is +inf or NaN when any logit is (``amax`` propagates NaN), and
+    -inf only when all are, so this one reduction over (B, H, W) checks every logit.
+    """
+    if bool(torch.isfinite(z_max).all()):
+        return
+    bad = (~torch.isfinite(z_max)).nonzero()[0].tolist()  # (b, 0, row, col)
+    image, row, col = bad[0], bad[-2], bad[-1]
+    values = logits[image, :, row, col]
+    what = (
+        "NaN"
+        if bool(values.isnan().any())
+        else "+inf"
+        if bool((values == float("inf")).any())
+        else "only -inf"
+    )
+    raise NonFiniteLogitsError(
+        f"logits of image {image} of the batch hold {what} at pixel (row {row}, column {col}) "
+        f"({int((~torch.isfinite(z_max)).sum())} such pixel(s) in the batch); anomaly scores need finite "
+        "logits (-inf is fine on a class that is not the maximum). In fp16, logits beyond 65504 overflow "
+        "to inf: run the model in fp32 or bf16",
+        image,
+        (row, col),
+    )
+
+
 def compute_scores(
     logits: torch.Tensor,
     names: tuple[str, ...] = SCORES,
     *,
     sml_stats: SMLStatistics | None = None,
+    check_finite: bool = True,
 ) -> dict[str, torch.Tensor]:
     """All requested scores of one batch, from one shared softmax.
 
@@ -35,9 +77,17 @@ def compute_scores(
         logits: Shape (B, C, H, W).
         names: scores to compute (see the module docstring).
         sml_stats: fitted statistics, required for ``sml``.
+        check_finite: raise on +inf / NaN logits (one reduction over the pixels); False inside a
+            traced or exported graph, which cannot raise on data.
 
     Returns:
-        {name: scores of Shape (B, H, W)}, higher = more anomalous.
+        {name: scores of Shape (B, H, W)}, float32, higher = more anomalous. Every score is finite
+        for finite logits of any magnitude and for -inf logits on classes that are not the maximum;
+        fp16 / bf16 logits are scored in float32.
+
+    Raises:
+        NonFiniteLogitsError: a pixel's logits hold +inf or NaN, or are all -inf (the message names
+            the image of the batch and the pixel).
     """
     unknown = [n for n in names if n not in ALL_SCORES]
     if unknown:
@@ -46,7 +96,9 @@ def compute_scores(
         raise ValueError("the 'sml' score needs sml_stats: fit them with SMLStatistics on the training split")
     z = logits.float()
     z_max = z.amax(dim=1, keepdim=True)
-    gap = z_max - z  # >= 0, exactly 0 at the maximal class(es)
+    if check_finite:
+        _check_finite_max(z_max, logits)
+    gap = z_max - z  # >= 0, exactly 0 at the maximal class(es); +inf for -inf logits or a float32 overflow
     is_max = gap == 0
     # Mass of the non-maximal classes relative to the maximal one, summed without the maximal
     # class's 1 (so 1 + tiny - 1 never happens): for a confident pixel it is ~1e-9 and must not
@@ -63,7 +115,10 @@ def compute_scores(
     if "entropy" in names:
         # H = sum_c p_c (max(z) - z_c) + log(1 + rest): two non-negative terms, no cancellation;
         # the maximal classes contribute 0 to the first, so the masked e serves.
-        out["entropy"] = e.mul_(gap).sum(dim=1) / (1.0 + rest) + log1p_rest
+        # Where e underflowed to 0 its term is 0, also when the gap is +inf (0 * inf would be NaN).
+        underflow = e == 0
+        weighted = e.mul_(gap).masked_fill_(underflow, 0.0)
+        out["entropy"] = weighted.sum(dim=1) / (1.0 + rest) + log1p_rest
     if "energy" in names or "abet" in names:
         out["energy"] = out["abet"] = -(z_max + log1p_rest)
     if "sml" in names:

@@ -34,7 +34,7 @@ from lib.metrics import (
     PerImageAnomalyMetric,
     best_f1_threshold,
 )
-from lib.scores import SMLStatistics, compute_scores
+from lib.scores import NonFiniteLogitsError, SMLStatistics, compute_scores
 
 
 @dataclass
@@ -302,7 +302,8 @@ def evaluate(
     num_images = 0
     stores = {name: _MapStore() for name in component_scores}
     total = len(batches) if hasattr(batches, "__len__") else None
-    for images, masks in tqdm(batches, total=total, desc="evaluate", disable=not progress, leave=False):
+    batch_iter = tqdm(batches, total=total, desc="evaluate", disable=not progress, leave=False)
+    for batch_index, (images, masks) in enumerate(batch_iter):
         images = images.to(device, non_blocking=True)
         masks = masks.to(device, non_blocking=True)
         logits = predict_logits(model, normalize(images), flip=flip, scales=scales, window=window)
@@ -315,7 +316,14 @@ def evaluate(
             known_target = torch.where(is_anomaly, torch.full_like(masks, IGNORE_INDEX), masks)
             confusion.update(prediction, known_target)
         counted = (masks != IGNORE_INDEX) & ~torch.isin(masks, ignored_ids)
-        scores = compute_scores(logits, tuple(score_names), sml_stats=sml_stats)
+        try:
+            scores = compute_scores(logits, tuple(score_names), sml_stats=sml_stats)
+        except NonFiniteLogitsError as error:
+            raise NonFiniteLogitsError(
+                f"test batch {batch_index} (image {num_images + error.image} of the split): {error}",
+                error.image,
+                error.pixel,
+            ) from None
         for name, score in scores.items():
             if "pooled" in protocols:
                 anomaly[name].update(score, is_anomaly, counted)

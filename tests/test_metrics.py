@@ -5,7 +5,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score
 
-from lib.metrics import AnomalyMetric, ConfusionMatrix, PerImageAnomalyMetric
+from lib.metrics import AnomalyMetric, ConfusionMatrix, PerImageAnomalyMetric, exact_rank_metrics
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -624,3 +624,38 @@ def test_per_image_binned_matches_exact(kind):
     assert b["n_images"] == e["n_images"] == 3
     for key in ("AUPR", "AUROC", "FPR95"):
         assert b[key] == pytest.approx(e[key], abs=1e-3), key
+
+
+def test_exact_paths_keep_float64_precision():
+    # 1 + 1e-12 z rounds to 1.0 in float32: an exact path that casts would see constant scores.
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=4000)
+    labels = z + rng.normal(size=4000) > 1.0
+    scores = 1.0 + 1e-12 * z
+    assert np.unique(scores.astype(np.float32)).size == 1
+    expected = roc_auc_score(labels, scores)  # float64 ties a few neighbours, nothing more
+    assert expected == pytest.approx(roc_auc_score(labels, z), abs=1e-5)
+    assert exact_rank_metrics(scores, labels)["AUROC"] == pytest.approx(expected, abs=1e-12)
+    metric = PerImageAnomalyMetric(exact=True)
+    metric.update(torch.from_numpy(scores).view(1, 40, 100), torch.from_numpy(labels).view(1, 40, 100))
+    assert metric.compute()["AUROC"] == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_one_nan_rule_on_every_path(exact):
+    scores = torch.rand(2, 4, 4)
+    scores[1, 0, 0] = math.nan  # image 1 has no anomaly pixel: it would be skipped, NaN still counts
+    is_anomaly = torch.zeros(2, 4, 4, dtype=torch.bool)
+    is_anomaly[0, :2] = True
+    with pytest.raises(
+        ValueError, match=r"1 NaN value\(s\) among the counted pixels \(image 1 of the batch\)"
+    ):
+        PerImageAnomalyMetric(exact=exact).update(scores, is_anomaly)
+    with pytest.raises(ValueError, match="NaN"):
+        AnomalyMetric().update(scores, is_anomaly)
+    with pytest.raises(ValueError, match="NaN"):
+        exact_rank_metrics(scores.numpy(), is_anomaly.numpy())
+    valid = torch.ones(2, 4, 4, dtype=torch.bool)
+    valid[1, 0, 0] = False  # NaN where nothing is counted is allowed on every path
+    PerImageAnomalyMetric(exact=exact).update(scores, is_anomaly, valid)
+    AnomalyMetric().update(scores, is_anomaly, valid)

@@ -90,3 +90,67 @@ def test_pans_and_abet():
     confident, unsure = (compute_scores(cosine / t, ("abet",))["abet"].item() for t in (0.25, 1.0))
     assert unsure == pytest.approx(-math.log(math.e + 2))
     assert confident == pytest.approx(-math.log(math.exp(4) + 2)) and confident < unsure
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [3e38, -3e38, 0.0],  # the gap to the maximum overflows float32
+        [0.0, -math.inf, 1.0],  # -inf on a class that is not the maximum
+        [1e38, 1e38, -3e38],  # tied maxima far from the rest
+        [-3e38, -3e38, -3e38],
+    ],
+)
+def test_every_score_finite_for_finite_logits_and_non_maximal_minus_inf(values):
+    logits = torch.tensor(values).view(1, 3, 1, 1)
+    scores = compute_scores(logits, ("msp", "maxlogit", "entropy", "energy", "pans"))
+    assert all(bool(torch.isfinite(s).all()) for s in scores.values()), scores
+    finite = logits.clamp(min=-1e4)  # the same softmax where the rest is negligible: same entropy
+    p = torch.softmax(finite.double(), dim=1)
+    textbook = -(p * p.clamp(min=1e-300).log()).sum(dim=1)
+    if max(values) - min(values) < 1e30:
+        assert scores["entropy"].item() == pytest.approx(textbook.item(), rel=1e-6)
+
+
+def test_fp16_logits_are_scored_in_float32():
+    logits = _logits(3)
+    half = compute_scores(logits.half())
+    full = compute_scores(logits.half().float())
+    for name in half:
+        assert half[name].dtype == torch.float32
+        assert torch.equal(half[name], full[name])
+
+
+@pytest.mark.parametrize("bad, what", [(math.inf, r"\+inf"), (math.nan, "NaN"), (None, "only -inf")])
+def test_non_finite_logit_names_image_and_pixel(bad, what):
+    from lib.scores import NonFiniteLogitsError
+
+    logits = torch.zeros(3, 4, 5, 6)
+    if bad is None:
+        logits[2, :, 4, 1] = -math.inf
+    else:
+        logits[2, 1, 4, 1] = bad
+    with pytest.raises(
+        NonFiniteLogitsError, match=f"image 2 .*{what} at pixel \\(row 4, column 1\\)"
+    ) as info:
+        compute_scores(logits)
+    assert info.value.image == 2 and info.value.pixel == (4, 1)
+
+
+def test_evaluate_names_the_batch_of_an_overflowed_logit():
+    from lib.scores import NonFiniteLogitsError
+    from lib.test import evaluate
+
+    class Overflow(torch.nn.Module):
+        def forward(self, x):
+            out = torch.zeros(x.shape[0], 3, *x.shape[-2:])
+            if x.shape[0] == 1:  # the last, short batch: image 4 of the split
+                out[0, 2, 1, 1] = math.inf
+            return out
+
+    images = torch.zeros(5, 3, 4, 4, dtype=torch.uint8)
+    masks = torch.zeros(5, 4, 4, dtype=torch.long)
+    batches = [(images[:2], masks[:2]), (images[2:4], masks[2:4]), (images[4:], masks[4:])]
+    with pytest.raises(NonFiniteLogitsError, match=r"test batch 2 \(image 4 of the split\)"):
+        evaluate(Overflow(), batches, num_classes=3, class_names=("a", "b", "c", "x"), anomaly_id=3,
+                 device="cpu", progress=False)  # fmt: skip

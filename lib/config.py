@@ -30,6 +30,12 @@ HEADS = HEAD_NAMES
 SCHEDULERS = ("plateau", "poly")
 #: Evaluation protocols of the anomaly metrics (`lib.test`): over every pixel at once, or per image.
 PROTOCOLS = ("pooled", "per-image")
+#: The official kits whose rules an evaluation can also follow, each named in its metric keys
+#: (`lib.test`, README "Anomaly metrics under named conventions"): the official StreetHazards code,
+#: the SegmentMeIfYouCan kit, pytorch-ood's segmentation metrics.
+CONVENTIONS = ("anomaly-seg", "smiyc", "pytorch-ood")
+#: SegmentMeIfYouCan tracks: their component size filters (`lib.metrics.SMIYC_TRACKS`).
+SMIYC_TRACK_NAMES = ("anomaly", "obstacle")
 OPTIMIZERS = ("adam", "sgd")
 AMP_MODES = ("off", "auto", "bf16", "fp16")
 #: Entropy terms of the +h losses (`lib.losses`): the softmax entropy, or the reference code's term.
@@ -233,9 +239,19 @@ class RunConfig:
     skips 'other')."""
     window: tuple[int, int] | None = _field(None, runtime=True, added_later=True)
     """Sliding-window inference: (height, width) tiles with 1/3 overlap instead of whole images."""
+    conventions: tuple[str, ...] = _field((), runtime=True, added_later=True, choices=CONVENTIONS)
+    """Official kits whose rules the anomaly metrics also follow, each under its name in every key
+    (ood/<score>/<metric>/<convention>): anomaly-seg (the official StreetHazards code: per image,
+    every pixel counted, void as inlier), smiyc (SegmentMeIfYouCan: pooled, its AP and FPR95, and its
+    component sIoU / PPV / mean F1 for the component_scores, every score when none are named),
+    pytorch-ood (its per-image segmentation metrics). See README "Anomaly metrics under named conventions"."""
+    smiyc_track: str = _field("anomaly", runtime=True, added_later=True, choices=SMIYC_TRACK_NAMES)
+    """SegmentMeIfYouCan track of the component metrics: anomaly (predicted components under 500 px
+    dropped, ground-truth instances under 100 px void) or obstacle (50 px / 10 px)."""
     component_scores: tuple[str, ...] = _field((), runtime=True, added_later=True, choices=ALL_SCORES)
-    """Scores that also get SegmentMeIfYouCan's component metrics (sIoU, PPV, mean F1) at their best-F1
-    pooled threshold (needs the pooled protocol; a second pass over maps kept in a temporary file)."""
+    """Scores that get SegmentMeIfYouCan's component metrics (sIoU, PPV, mean F1; keys .../smiyc) at the
+    best-F1 threshold of the kit's pooled curve (a second pass over maps kept in a temporary file,
+    5 bytes per pixel and score). With smiyc among the conventions and none named: every score."""
 
     # Output
     out_dir: str = _field("ckpts", runtime=True, grid_neutral=True)
@@ -255,6 +271,7 @@ class RunConfig:
         self.protocols = tuple(self.protocols)
         self.ood_ignore = tuple(self.ood_ignore)
         self.component_scores = tuple(self.component_scores)
+        self.conventions = tuple(self.conventions)
         self.cities = tuple(self.cities)
         self.test_sets = tuple(self.test_sets)
         self.eval_scales = tuple(float(s) for s in self.eval_scales)
@@ -366,11 +383,6 @@ class RunConfig:
         for name in self.component_scores:
             if name not in self.scores:
                 raise ValueError(f"component_scores={name!r} must be among scores {list(self.scores)}")
-        if self.component_scores and "pooled" not in self.protocols:
-            raise ValueError(
-                "component_scores need the pooled protocol (their threshold is the best-F1 pooled one): "
-                f"add 'pooled' to protocols {list(self.protocols)} or drop component_scores"
-            )
         if self.window is not None and (len(self.window) != 2 or min(self.window) < 16):
             raise ValueError(f"window must be (height, width) >= 16, got {self.window}")
 
@@ -583,6 +595,8 @@ __all__ = [
     "GRID_NEUTRAL_FIELDS",
     "SYNTHETIC_DATA_FIELDS",
     "PROTOCOLS",
+    "CONVENTIONS",
+    "SMIYC_TRACK_NAMES",
     "RUNTIME_FIELDS",
     "FIELD_CHOICES",
     "SEED_FLAGS",

@@ -373,7 +373,7 @@ def eval_spec(
     set's labels (its known classes and, after them, its anomaly class), the scores where the set
     has anomaly labels, the protocols, the set's mIoU exclusions (`miou_exclusions`), the ignored
     classes where it has class labels, test-time scales (``cfg.eval_scales`` unless `scales`),
-    flip, window and component metrics."""
+    flip, window, the kits' conventions and component metrics."""
     spec = test_set.spec
     scores = cfg.scores if spec.anomaly_id is not None else ()
     labels = (*known_classes(cfg), *spec.classes[spec.num_known :]) if spec.closed_set else spec.classes
@@ -383,6 +383,7 @@ def eval_spec(
         miou_exclude=miou_exclusions(cfg, spec), ood_ignore=cfg.ood_ignore if spec.closed_set else (),
         flip=flip, scales=scales or cfg.eval_scales, window=cfg.window,
         component_scores=tuple(n for n in cfg.component_scores if n in scores),
+        conventions=cfg.conventions, smiyc_track=cfg.smiyc_track,
     )  # fmt: skip
 
 

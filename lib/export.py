@@ -96,7 +96,9 @@ class SegmentationWithScore(nn.Module):
         """``{"class_map", "anomaly_map", "logits"}`` (the logits for checks and tie detection)."""
         x = normalize(image) if self.input_format == "uint8" else image.float()
         logits = self.model(x)
-        anomaly = compute_scores(logits, (self.score,), sml_stats=self.sml_stats, check_finite=False)[self.score]
+        anomaly = compute_scores(logits, (self.score,), sml_stats=self.sml_stats, check_finite=False)[
+            self.score
+        ]
         return {"class_map": logits.argmax(dim=1), "anomaly_map": anomaly, "logits": logits}
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,13 +32,19 @@ __all__ = [
     "ComponentMetric",
     "ConfusionMatrix",
     "PerImageAnomalyMetric",
+    "RULES",
+    "SMIYC_TRACKS",
     "best_f1_threshold",
+    "check_no_nan",
+    "exact_curve",
     "exact_rank_metrics",
     "rank_metrics",
 ]
 
 
-def check_no_nan(scores: torch.Tensor, keep: torch.Tensor | None = None, where: str = "") -> None:
+def check_no_nan(
+    scores: torch.Tensor | np.ndarray, keep: torch.Tensor | np.ndarray | None = None, where: str = ""
+) -> None:
     """The one NaN rule of every anomaly metric (pooled, per image, exact or binned, components):
     NaN among the counted pixels raises ValueError, NaN where ``keep`` is False is allowed.
 
@@ -46,6 +52,9 @@ def check_no_nan(scores: torch.Tensor, keep: torch.Tensor | None = None, where: 
         scores: float scores, any shape. keep: optional bool mask of the counted pixels, same shape.
         where: appended to the message, e.g. " (image 3 of the batch)".
     """
+    if isinstance(scores, np.ndarray):
+        scores = torch.from_numpy(np.require(scores, requirements="W"))  # copies a read-only map
+        keep = None if keep is None else torch.from_numpy(np.require(keep, dtype=bool, requirements="W"))
     # A finite sum proves there is no NaN (one reduction, no mask); otherwise look closer.
     if bool(torch.isfinite(scores.sum())):
         return
@@ -338,33 +347,65 @@ def _bin_lower_edges(bins: np.ndarray, bits: int) -> np.ndarray:
     return np.where(mag > 0x7F800000, np.where(key < 0, -np.inf, np.inf), edge)
 
 
-def rank_metrics(tps: np.ndarray, fps: np.ndarray) -> dict[str, float]:
-    """AUPR, AUROC and FPR95 from cumulative counts at each distinct threshold.
+#: The rules an anomaly number can be computed under: each official kit's definitions of AUPR (AP),
+#: AUROC and FPR95 on one curve, read from its code (see `rank_metrics`).
+RULES = ("anomaly-seg", "smiyc", "pytorch-ood")
+
+
+def rank_metrics(tps: np.ndarray, fps: np.ndarray, rules: str = "anomaly-seg") -> dict[str, float]:
+    """AUPR, AUROC and FPR95 from cumulative counts at each distinct threshold, under a kit's rules.
 
     Args:
         tps, fps: true and false positives above each threshold, thresholds from the highest
-            score down (one entry per distinct score, ties grouped); both classes present.
+            score down (one entry per distinct score or bin, ties grouped); both classes present.
+        rules: whose definitions (each read from that kit's code):
 
-    Returns:
-        ``AUPR`` as sklearn's ``average_precision_score`` (``sum_n (R_n - R_{n-1}) P_n``),
-        ``AUROC`` as ``roc_auc_score`` (trapezoids from (0, 0)), ``FPR95`` as
-        ``fpr_and_fdr_at_recall(..., 0.95)`` of the official anomaly-seg code (the threshold
-        whose recall is closest to 0.95, up to the first reaching full recall).
+            * ``"anomaly-seg"`` (hendrycks/anomaly-seg ``anom_utils.py``, also this project's own
+              ``pooled`` and ``per-image`` protocols): ``AUPR`` as sklearn's
+              ``average_precision_score`` (``sum_n (R_n - R_{n-1}) P_n``), ``AUROC`` as
+              ``roc_auc_score`` (trapezoids from (0, 0)), ``FPR95`` as its ``fpr_and_fdr_at_recall``
+              (the threshold whose recall is closest to 0.95, up to the first reaching full recall).
+            * ``"smiyc"`` (SegmentMeIfYouCan ``road_anomaly_benchmark/metrics/pixel_classification_curves.py``,
+              ``curves_from_cmats``): one point per threshold, no end point added; ``AUPR`` (its
+              AP) ``np.trapz(precision, recall)``, ``AUROC`` ``np.trapz(tpr, fpr)`` (not from (0, 0)),
+              ``FPR95`` the FPR at the first threshold whose TPR reaches 0.95 (1.0 if none does).
+            * ``"pytorch-ood"`` (pytorch-ood 0.4 ``metrics/functional.py``): ``AUPR`` (its AUPR-OUT) the
+              trapezoids of sklearn's precision-recall curve with its (recall 0, precision 1) end
+              point, ``AUROC`` trapezoids from (0, 0), ``FPR95`` the FPR of the first ROC point
+              (from (0, 0)) whose TPR is at least 0.95.
     """
     n_pos, n_neg = int(tps[-1]), int(fps[-1])
     tps_f = tps.astype(np.float64)
     fps_f = fps.astype(np.float64)
     recall = tps_f / n_pos
     precision = tps_f / (tps_f + fps_f)  # every threshold has >= 1 pixel above it
-    aupr = float(np.sum(np.diff(recall, prepend=0.0) * precision))
+    fpr = fps_f / n_neg
+    if rules == "smiyc":
+        aupr = _trapezoids(recall, precision)
+        auroc = _trapezoids(fpr, recall)
+        first = int(np.searchsorted(recall, 0.95))
+        fpr95 = float(fpr[first]) if first < recall.size else 1.0
+        return {"AUPR": aupr, "AUROC": auroc, "FPR95": fpr95}
     tpr = np.concatenate(([0.0], recall))
-    fpr = np.concatenate(([0.0], fps_f / n_neg))
-    auroc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1])) / 2.0)
+    fpr0 = np.concatenate(([0.0], fpr))
+    auroc = _trapezoids(fpr0, tpr)
+    if rules == "pytorch-ood":
+        aupr = _trapezoids(np.concatenate(([0.0], recall)), np.concatenate(([1.0], precision)))
+        fpr95 = float(fpr0[int(np.searchsorted(tpr, 0.95))])
+        return {"AUPR": aupr, "AUROC": auroc, "FPR95": fpr95}
+    if rules != "anomaly-seg":
+        raise ValueError(f"unknown rules {rules!r}; valid: {', '.join(RULES)}")
+    aupr = float(np.sum(np.diff(recall, prepend=0.0) * precision))
     last = int(np.searchsorted(tps, tps[-1]))
     rec = np.concatenate((recall[last::-1], [1.0]))
     fp = np.concatenate((fps_f[last::-1], [0.0]))
     fpr95 = float(fp[np.argmin(np.abs(rec - 0.95))] / n_neg)
     return {"AUPR": aupr, "AUROC": auroc, "FPR95": fpr95}
+
+
+def _trapezoids(x: np.ndarray, y: np.ndarray) -> float:
+    """Trapezoidal area under the points (x, y) in the order given (``np.trapz(y, x)``)."""
+    return float(np.sum(np.diff(x) * (y[1:] + y[:-1])) / 2.0)
 
 
 class AnomalyMetric:
@@ -601,8 +642,11 @@ class AnomalyMetric:
         bins = np.flatnonzero(pos + neg)[::-1]
         return bins, np.cumsum(pos[bins]), np.cumsum(neg[bins])
 
-    def compute(self) -> dict:
+    def compute(self, rules: str = "anomaly-seg") -> dict:
         """``{"AUPR", "AUROC", "FPR95"}`` as floats in [0, 1], ``"protocol": "pooled"``, ``n_pos``, ``n_neg``.
+
+        Args:
+            rules: whose definitions of the three metrics (`RULES`, see `rank_metrics`).
 
         Raises:
             RuntimeError: the state sums states binned around different offsets (see ``offset``).
@@ -621,7 +665,7 @@ class AnomalyMetric:
                 stacklevel=2,
             )
             return {**out, "protocol": "pooled", "n_pos": n_pos, "n_neg": n_neg}
-        out = rank_metrics(tps, fps)
+        out = rank_metrics(tps, fps, rules)
         return {**out, "protocol": "pooled", "n_pos": n_pos, "n_neg": n_neg}
 
     def curves(self) -> dict[str, np.ndarray]:
@@ -681,17 +725,26 @@ class PerImageAnomalyMetric:
     """
 
     def __init__(
-        self, *, exact: bool = False, bits: int = 20, device: torch.device | str | None = None
+        self,
+        *,
+        exact: bool = False,
+        bits: int = 20,
+        rules: Sequence[str] = ("anomaly-seg",),
+        device: torch.device | str | None = None,
     ) -> None:
         if not 1 <= int(bits) <= 28:
             raise ValueError(f"bits must be in [1, 28], got {bits}")
+        self.rules = tuple(rules)
+        unknown = [r for r in self.rules if r not in RULES]
+        if unknown or not self.rules:
+            raise ValueError(f"rules must name one or more of {', '.join(RULES)}; got {list(self.rules)}")
         self.exact = bool(exact)
         self.bits = int(bits)
-        self.state = torch.zeros(5, dtype=torch.float64, device=device or "cpu")
+        self.state = torch.zeros(3 * len(self.rules) + 2, dtype=torch.float64, device=device or "cpu")
 
     @property
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        """``state`` = [sum AUPR, sum AUROC, sum FPR95, images averaged, images skipped]."""
+        """``state`` = [sum AUPR, sum AUROC, sum FPR95 (for each of ``rules``), images averaged, images skipped]."""
         return {"state": self.state}
 
     @property
@@ -719,19 +772,22 @@ class PerImageAnomalyMetric:
             raise ValueError("scores, is_anomaly and valid must have the same shape (B, H, W)")
         # Sums of this batch in Python floats, added to the state once, as a tensor on the state's
         # device (the state may live on a GPU, the per-image metrics are computed on the host).
-        sums = [0.0] * 5  # AUPR, AUROC, FPR95, images averaged, images skipped
+        n_sums = 3 * len(self.rules)
+        sums = [0.0] * (n_sums + 2)  # AUPR, AUROC, FPR95 per rules, images averaged, images skipped
         for i in range(scores.shape[0]):
             raw = scores[i].detach().reshape(-1)
             y = is_anomaly[i].detach().reshape(-1).to(raw.device).bool()
             keep = None if valid is None else valid[i].detach().reshape(-1).to(raw.device).bool()
             check_no_nan(raw, keep, f" (image {i} of the batch)")
-            m = self._exact(raw, y, keep) if self.exact else self._binned(raw, raw.float(), y, keep)
-            if m is None:
-                sums[4] += 1.0
+            curve = self._exact(raw, y, keep) if self.exact else self._binned(raw, raw.float(), y, keep)
+            if curve is None:
+                sums[n_sums + 1] += 1.0
                 continue
-            for k, key in enumerate(("AUPR", "AUROC", "FPR95")):
-                sums[k] += m[key]
-            sums[3] += 1.0
+            for r, rules in enumerate(self.rules):
+                m = rank_metrics(*curve, rules)
+                for k, key in enumerate(("AUPR", "AUROC", "FPR95")):
+                    sums[3 * r + k] += m[key]
+            sums[n_sums] += 1.0
         if scores.shape[0]:
             self.state += torch.tensor(sums, dtype=torch.float64, device=self.state.device)
 
@@ -741,7 +797,7 @@ class PerImageAnomalyMetric:
         n_pos = int(y.sum())
         if n_pos == 0 or n_pos == y.numel():
             return None
-        return exact_rank_metrics(s.cpu().numpy(), y.cpu().numpy())
+        return exact_curve(s.cpu().numpy(), y.cpu().numpy())
 
     def _binned(
         self, raw: torch.Tensor, s: torch.Tensor, y: torch.Tensor, keep: torch.Tensor | None
@@ -761,11 +817,21 @@ class PerImageAnomalyMetric:
         group = np.cumsum(np.r_[True, bins[1:] != bins[:-1]]) - 1  # one threshold per bin
         pos = np.bincount(group, weights=counts * is_pos).astype(np.int64)
         neg = np.bincount(group, weights=counts * ~is_pos).astype(np.int64)
-        return rank_metrics(np.cumsum(pos), np.cumsum(neg))
+        return np.cumsum(pos), np.cumsum(neg)
 
-    def compute(self) -> dict:
-        """Means over the averaged images (NaN with a warning when there are none)."""
-        sums, n, skipped = self.state[:3].tolist(), int(self.state[3]), int(self.state[4])
+    def compute(self, rules: str | None = None) -> dict:
+        """Means over the averaged images (NaN with a warning when there are none), under ``rules``
+        (one of those the metric was made with; default the first)."""
+        rules = self.rules[0] if rules is None else rules
+        if rules not in self.rules:
+            raise ValueError(f"this metric averages under {list(self.rules)}, not {rules!r}")
+        r = self.rules.index(rules)
+        n_sums = 3 * len(self.rules)
+        sums, n, skipped = (
+            self.state[3 * r : 3 * r + 3].tolist(),
+            int(self.state[n_sums]),
+            int(self.state[n_sums + 1]),
+        )
         if n == 0:
             warnings.warn(
                 f"no image had both anomaly and inlier pixels ({skipped} skipped): per-image metrics are NaN",
@@ -779,13 +845,12 @@ class PerImageAnomalyMetric:
                 "n_images": n, "n_skipped": skipped}  # fmt: skip
 
 
-def exact_rank_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Exact AUPR, AUROC and FPR95 (same definitions as `rank_metrics`) of one set of pixels.
+def exact_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative (tps, fps) at every distinct score, from the highest down, for `rank_metrics`.
 
     Sorts the inlier and the anomaly scores separately (values only, no argsort) and reads every
-    count with ``searchsorted``, ties included, so it costs about one ``np.sort`` of the pixels.
-    Scores keep their precision (float64 stays float64; integers become float64). Both classes
-    must be present; NaN raises ValueError (`check_no_nan`).
+    count with ``searchsorted``, ties included. Scores keep their precision (float64 stays float64;
+    integers become float64). Both classes must be present; NaN raises ValueError (`check_no_nan`).
     """
     scores = np.asarray(scores).ravel()
     if not np.issubdtype(scores.dtype, np.floating):
@@ -794,49 +859,66 @@ def exact_rank_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, floa
     labels = np.asarray(labels, dtype=bool).ravel()
     neg = np.sort(scores[~labels])
     pos = np.sort(scores[labels])
-    n_pos, n_neg = pos.size, neg.size
-    values, first = np.unique(pos, return_index=True)  # distinct anomaly scores, ascending
-    tp = n_pos - first  # anomaly pixels >= each value
-    neg_below = np.searchsorted(neg, values, side="left")
-    neg_equal = np.searchsorted(neg, values, side="right") - neg_below
-    fp = n_neg - neg_below  # inlier pixels >= each value
-    counts = np.diff(np.append(first, n_pos))
-    aupr = float(np.sum(counts / n_pos * tp / (tp + fp)))
-    auroc = float(np.sum(counts * (neg_below + 0.5 * neg_equal)) / (n_pos * n_neg))
-    # FPR95 as the official code: each recall level spans the thresholds from just above the next
-    # lower anomaly value up to its own value; the lowest of them (most false positives) is used.
-    fp_lowest = np.concatenate(([fp[0]], n_neg - np.searchsorted(neg, values[:-1], side="right")))
-    recall = tp / n_pos
-    fpr95 = float(fp_lowest[np.argmin(np.abs(recall - 0.95))] / n_neg)
-    return {"AUPR": aupr, "AUROC": auroc, "FPR95": fpr95}
+    if pos.size == 0 or neg.size == 0:
+        raise ValueError("exact_curve needs both anomaly and inlier pixels")
+    values = np.unique(np.concatenate((pos, neg)))[::-1]  # every distinct score, highest first
+    tps = pos.size - np.searchsorted(pos, values, side="left")  # anomaly pixels >= each value
+    fps = neg.size - np.searchsorted(neg, values, side="left")
+    return tps.astype(np.int64), fps.astype(np.int64)
+
+
+def exact_rank_metrics(
+    scores: np.ndarray, labels: np.ndarray, rules: str = "anomaly-seg"
+) -> dict[str, float]:
+    """Exact AUPR, AUROC and FPR95 of one set of pixels under ``rules`` (`rank_metrics`), from
+    `exact_curve` (about two sorts of the pixels). Both classes must be present."""
+    return rank_metrics(*exact_curve(scores, labels), rules)
 
 
 # ================================================================================ components
 
-#: SegmentMeIfYouCan's component thresholds: 0.25, 0.30, ..., 0.75.
-COMPONENT_TAUS = tuple(round(0.25 + 0.05 * i, 2) for i in range(11))
+#: SegmentMeIfYouCan's sIoU thresholds, as its kit makes them (``np.linspace(0.25, 0.75, 11)``: the
+#: float values matter where an sIoU or PPV equals one of them).
+COMPONENT_TAUS = tuple(float(t) for t in np.linspace(0.25, 0.75, 11))
+#: Its tracks' size filters: (predicted components under this many pixels are dropped,
+#: ground-truth instances under this many pixels become void).
+SMIYC_TRACKS = {"anomaly": (500, 100), "obstacle": (50, 10)}
 
 
 class ComponentMetric:
-    """SegmentMeIfYouCan component-level metrics at one pixel threshold, streamed per image.
+    """SegmentMeIfYouCan's component metrics (sIoU, PPV, mean F1) at one pixel threshold, per image.
 
-    Anomaly pixels form ground-truth components, pixels scoring ``>= threshold`` form predicted
-    components (8-connected; pixels outside ``valid`` belong to neither). For a ground-truth
-    component ``k``, with ``P(k)`` the union of predicted components touching it::
+    The rules of the kit's code (road_anomaly_benchmark/metrics/instance_segmentation.py:
+    ``default_instancer``, ``segment_metrics``, ``MetricSegment.aggregate``), in order:
 
-        sIoU(k) = |k & P(k)| / |(k | P(k)) minus other ground-truth components|
+    1. Predicted anomaly pixels: score ``> threshold`` (strict) outside void. Predicted components
+       (8-connected) under ``min_pred`` pixels are dropped (their size counted before step 2).
+    2. Ground-truth instances: 8-connected components of the anomaly pixels; those under ``min_gt``
+       pixels become void (the kit's loop also voids every non-anomaly pixel when there are fewer
+       than ``min_gt`` of them; so does this class). What follows counts non-void pixels only.
+    3. For an instance ``k`` with ``P(k)`` the predicted components touching it:
+       ``sIoU(k) = |k & P(k)| / (|k| + |P(k) & inlier pixels|)`` (the union without the pixels of
+       other instances). For a predicted component ``p``: ``PPV(p) = |p & anomaly| / |p|``.
+    4. At each ``tau`` of `COMPONENT_TAUS` an instance with ``sIoU >= tau`` is a true positive (else
+       a false negative) and a component with ``PPV < tau`` a false positive; TP, FN and FP are
+       summed over the images and ``F1(tau) = 2 TP / (2 TP + FN + FP)``.
 
-    and for a predicted component ``p``, with ``G(p)`` the ground truth it touches,
-    ``PPV(p) = |p & G(p)| / |p|``. At each ``tau`` in 0.25..0.75 (step 0.05) a ground-truth
-    component with ``sIoU > tau`` is a true positive (else a false negative) and a predicted
-    component with ``PPV <= tau`` a false positive; ``F1(tau) = 2TP / (2TP + FN + FP)``.
+    `compute` returns ``sIoU`` (mean over all instances of all images), ``PPV`` (mean over all
+    predicted components) and ``mean_F1`` (mean of F1 over the taus); NaN where the kit would
+    divide by zero. The state is a few counters.
 
-    `compute` returns ``sIoU`` (mean over ground-truth components), ``PPV`` (mean over predicted
-    components) and ``mean_F1`` (mean of F1 over the taus). The state is a few counters.
+    Args:
+        threshold: the pixel threshold (the kit: the best-F1 threshold of its pooled pixel curve on
+            the same split; `best_f1_threshold`).
+        track: ``"anomaly"`` (500 / 100 px) or ``"obstacle"`` (50 / 10 px), `SMIYC_TRACKS`.
     """
 
-    def __init__(self, threshold: float) -> None:
+    def __init__(self, threshold: float, *, track: str = "anomaly") -> None:
+        if track not in SMIYC_TRACKS:
+            raise ValueError(f"unknown SegmentMeIfYouCan track {track!r}; valid: {', '.join(SMIYC_TRACKS)}")
         self.threshold = float(threshold)
+        self.track = track
+        self.min_pred, self.min_gt = SMIYC_TRACKS[track]
         self.taus = np.asarray(COMPONENT_TAUS)
         self.reset()
 
@@ -848,42 +930,51 @@ class ComponentMetric:
         self.n_gt = self.n_pred = 0
 
     def update(self, scores: np.ndarray, is_anomaly: np.ndarray, valid: np.ndarray | None = None) -> None:
-        """Add one image. Shape: (H, W) each (numpy or CPU tensors)."""
+        """Add one image. Shape: (H, W) each (numpy or CPU tensors); ``valid`` False = void."""
         import cv2
 
         scores, is_anomaly = np.asarray(scores), np.asarray(is_anomaly, dtype=bool)
         valid = np.ones_like(is_anomaly) if valid is None else np.asarray(valid, dtype=bool)
-        n_gt, gt = cv2.connectedComponents((is_anomaly & valid).astype(np.uint8), connectivity=8)
-        n_pr, pr = cv2.connectedComponents(
-            ((scores >= self.threshold) & valid).astype(np.uint8), connectivity=8
+        check_no_nan(scores, valid)
+        n_pr, pr, pr_stats, _ = cv2.connectedComponentsWithStats(
+            ((scores > self.threshold) & valid).astype(np.uint8), connectivity=8
         )
-        # overlap[g, p]: pixels of ground-truth component g (0 = inlier) in predicted component p (0 = none).
-        overlap = np.bincount((gt * n_pr + pr)[valid], minlength=n_gt * n_pr).reshape(n_gt, n_pr)
-        touching = overlap[1:, 1:] > 0
-        if n_gt > 1:
-            inter = overlap[1:, 1:].sum(axis=1)
-            # Union minus other components = the component itself + the inlier pixels of P(k).
-            union = overlap[1:].sum(axis=1) + (touching * overlap[0, 1:]).sum(axis=1)
-            siou = inter / union
+        small = pr_stats[:, cv2.CC_STAT_AREA] < self.min_pred
+        small[0] = False
+        pr = np.where(small[pr], 0, pr)
+        n_gt, gt, gt_stats, _ = cv2.connectedComponentsWithStats(
+            (is_anomaly & valid).astype(np.uint8), connectivity=8
+        )
+        roi = valid & ~(gt_stats[:, cv2.CC_STAT_AREA] < self.min_gt)[gt]
+        # overlap[g, p]: non-void pixels of instance g (0 = inlier) in predicted component p (0 = none).
+        overlap = np.bincount((gt * n_pr + pr)[roi], minlength=n_gt * n_pr).reshape(n_gt, n_pr)
+        gt_size, pred_size = overlap.sum(axis=1), overlap.sum(axis=0)
+        instances = np.flatnonzero(gt_size[1:] > 0) + 1
+        components = np.flatnonzero(pred_size[1:] > 0) + 1
+        if instances.size:
+            rows = overlap[instances][:, 1:]
+            inlier_of_touching = ((rows > 0) * overlap[0, 1:]).sum(axis=1)
+            siou = rows.sum(axis=1) / (gt_size[instances] + inlier_of_touching)
             self.siou_sum += float(siou.sum())
-            self.n_gt += n_gt - 1
-            self.tp += (siou[None, :] > self.taus[:, None]).sum(axis=1)
-            self.fn += (siou[None, :] <= self.taus[:, None]).sum(axis=1)
-        if n_pr > 1:
-            ppv = overlap[1:, 1:].sum(axis=0) / overlap[:, 1:].sum(axis=0)
+            self.n_gt += int(instances.size)
+            self.tp += (siou[None, :] >= self.taus[:, None]).sum(axis=1)
+            self.fn += (siou[None, :] < self.taus[:, None]).sum(axis=1)
+        if components.size:
+            ppv = overlap[1:, components].sum(axis=0) / pred_size[components]
             self.ppv_sum += float(ppv.sum())
-            self.n_pred += n_pr - 1
-            self.fp += (ppv[None, :] <= self.taus[:, None]).sum(axis=1)
+            self.n_pred += int(components.size)
+            self.fp += (ppv[None, :] < self.taus[:, None]).sum(axis=1)
 
     def compute(self) -> dict:
-        """``sIoU``, ``PPV``, ``mean_F1`` in [0, 1] (NaN where undefined), the threshold and counts."""
+        """``sIoU``, ``PPV``, ``mean_F1`` in [0, 1] (NaN where undefined), the threshold, the track and counts."""
         denominator = 2 * self.tp + self.fn + self.fp
         f1 = np.where(denominator > 0, 2 * self.tp / np.maximum(denominator, 1), np.nan)
         return {
             "sIoU": self.siou_sum / self.n_gt if self.n_gt else math.nan,
             "PPV": self.ppv_sum / self.n_pred if self.n_pred else math.nan,
-            "mean_F1": float(np.nanmean(f1)) if np.isfinite(f1).any() else math.nan,
+            "mean_F1": float(f1.mean()),
             "threshold": self.threshold,
+            "track": self.track,
             "n_gt_components": self.n_gt,
             "n_pred_components": self.n_pred,
         }

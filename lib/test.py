@@ -9,11 +9,26 @@ in every output key:
 - ``per-image``: per image (with the same score bins as the pooled histogram), averaged over
   the images holding both anomaly and inlier pixels (the official anomaly-seg code, PAnS, DML).
 
-The two give different numbers; compare a result only with one of the same protocol.
+The two give different numbers; compare a result only with one of the same protocol. On request
+(``EvalSpec.conventions``) the same pass also gives each official kit's numbers under its own rules,
+read from its code, each under its name (``ood/<score>/<metric>/<convention>``):
+
+- ``anomaly-seg`` (hendrycks/anomaly-seg eval_ood.py): per image, images without anomaly or without
+  inlier pixels skipped, every pixel counted (void as inlier), sklearn's AP and AUROC, its FPR at the
+  recall nearest 0.95;
+- ``smiyc`` (SegmentMeIfYouCan road_anomaly_benchmark): pooled over the non-void pixels, its AP
+  (trapezoids), AUROC and FPR at the first threshold reaching TPR 0.95; its component sIoU, PPV and
+  mean F1 (`lib.metrics.ComponentMetric`) at the best-F1 threshold of that curve, per track;
+- ``pytorch-ood`` (pytorch-ood 0.4 OODPerImageSegmentationMetrics): per image over the non-void
+  pixels, images without in- or out-of-distribution pixels skipped, its AUPR-OUT (trapezoids with the
+  (0, 1) end point) and FPR at the first ROC point with TPR >= 0.95.
+
+Every stream is counted once: conventions that count the same pixels the same way share a state.
 """
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +40,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lib.classes import IGNORE_INDEX
-from lib.config import PROTOCOLS, SCORES
+from lib.config import CONVENTIONS, PROTOCOLS, SCORES, SMIYC_TRACK_NAMES
 from lib.data import normalize
 from lib.metrics import (
     AnomalyMetric,
@@ -82,13 +97,16 @@ class EvalSpec:
             DenseHybrid skips "other").
         flip, scales, window: test-time augmentation and sliding-window inference (`predict_logits`);
             the defaults run each image once, whole.
-        component_scores: scores that also get the SegmentMeIfYouCan component metrics
-            (``ood/<score>/{sIoU,PPV,mean_F1}/components``) at their best-F1 pooled pixel threshold.
+        conventions: official kits whose rules the anomaly metrics also follow (`CONVENTIONS`; module
+            docstring).
+        smiyc_track: SegmentMeIfYouCan track of the component metrics, ``anomaly`` or ``obstacle``.
+        component_scores: scores that get the SegmentMeIfYouCan component metrics
+            (``ood/<score>/{sIoU,PPV,mean_F1,threshold}/smiyc``); with ``smiyc`` among the conventions
+            and none named, every score.
 
     Raises:
         ValueError: a combination that cannot be measured (scores without anomaly labels, unknown
-            class names or protocols, component metrics without the pooled protocol); the message
-            names it.
+            class names, protocols, conventions or track); the message names it.
     """
 
     num_classes: int
@@ -103,9 +121,20 @@ class EvalSpec:
     scales: tuple[float, ...] = (1.0,)
     window: tuple[int, int] | None = None
     component_scores: tuple[str, ...] = ()
+    conventions: tuple[str, ...] = ()
+    smiyc_track: str = "anomaly"
 
     def __post_init__(self) -> None:
-        for name in ("class_names", "scores", "protocols", "miou_exclude", "ood_ignore", "component_scores"):
+        fields = (
+            "class_names",
+            "scores",
+            "protocols",
+            "miou_exclude",
+            "ood_ignore",
+            "component_scores",
+            "conventions",
+        )
+        for name in fields:
             object.__setattr__(self, name, tuple(getattr(self, name)))
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
         if self.window is not None:
@@ -131,11 +160,38 @@ class EvalSpec:
         unknown = [n for n in self.component_scores if n not in self.scores]
         if unknown:
             raise ValueError(f"component_scores {unknown} must be among score_names {list(self.scores)}")
-        if self.component_scores and "pooled" not in self.protocols:
+        unknown = [c for c in self.conventions if c not in CONVENTIONS]
+        if unknown or self.smiyc_track not in SMIYC_TRACK_NAMES:
             raise ValueError(
-                f"component_scores {list(self.component_scores)} need the pooled protocol (their threshold "
-                f"is the best-F1 pooled one); protocols were {list(self.protocols)}"
+                f"unknown convention(s) {unknown} or smiyc_track {self.smiyc_track!r}; conventions: "
+                f"{list(CONVENTIONS)}, tracks: {list(SMIYC_TRACK_NAMES)}"
             )
+
+    @property
+    def component_score_names(self) -> tuple[str, ...]:
+        """The scores that get the component metrics: `component_scores`, else every score with smiyc."""
+        if self.component_scores:
+            return self.component_scores
+        return self.scores if "smiyc" in self.conventions else ()
+
+    def streams(self) -> dict[str, tuple[str, str, str]]:
+        """Each output protocol or convention -> (pixels counted, aggregation, rules).
+
+        Pixels: ``counted`` (not void, not `ood_ignore`), ``non-void`` (the same when nothing is
+        ignored) or ``all``; aggregation: ``pooled`` or ``per-image``; rules: `lib.metrics.RULES`.
+        """
+        non_void = "non-void" if self.ood_ignore else "counted"
+        plan = {
+            "pooled": ("counted", "pooled", "anomaly-seg"),
+            "per-image": ("counted", "per-image", "anomaly-seg"),
+            "anomaly-seg": ("all", "per-image", "anomaly-seg"),
+            "smiyc": (non_void, "pooled", "smiyc"),
+            "pytorch-ood": (non_void, "per-image", "pytorch-ood"),
+        }
+        wanted = [*self.protocols, *self.conventions]
+        if self.component_score_names and "smiyc" not in wanted:
+            wanted.append("smiyc")  # the components' threshold comes from the kit's pooled curve
+        return {name: plan[name] for name in wanted}
 
     @classmethod
     def for_dataset(cls, name: str, *, num_classes: int | None = None, **options) -> EvalSpec:
@@ -281,23 +337,23 @@ def evaluate(
     num_classes, class_names, anomaly_id, closed_set = (
         spec.num_classes, spec.class_names, spec.anomaly_id, spec.closed_set,
     )  # fmt: skip
-    score_names, protocols, miou_exclude, ood_ignore = (
-        spec.scores,
-        spec.protocols,
-        spec.miou_exclude,
-        spec.ood_ignore,
-    )
-    flip, scales, window, component_scores = spec.flip, spec.scales, spec.window, spec.component_scores
+    score_names, miou_exclude, ood_ignore = spec.scores, spec.miou_exclude, spec.ood_ignore
+    flip, scales, window = spec.flip, spec.scales, spec.window
+    component_scores = spec.component_score_names
     device = torch.device(device)
     ignored_ids = torch.tensor([class_names.index(n) for n in ood_ignore], dtype=torch.long, device=device)
     model.eval()
     confusion = ConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX, device=device)
-    anomaly = {name: AnomalyMetric(device=device) for name in score_names}
-    per_image = (
-        {name: PerImageAnomalyMetric(device=device) for name in score_names}
-        if "per-image" in protocols
-        else {}
-    )
+    outputs = spec.streams()  # protocol or convention -> (pixels, aggregation, rules)
+    states: dict[tuple[str, str], dict[str, AnomalyMetric | PerImageAnomalyMetric]] = {}
+    for pixels, aggregation in dict.fromkeys((p, a) for p, a, _ in outputs.values()):
+        if aggregation == "pooled":
+            states[pixels, aggregation] = {name: AnomalyMetric(device=device) for name in score_names}
+        else:
+            rules = tuple(dict.fromkeys(r for p, a, r in outputs.values() if (p, a) == (pixels, aggregation)))
+            states[pixels, aggregation] = {
+                name: PerImageAnomalyMetric(rules=rules, device=device) for name in score_names
+            }
     examples: list[Example] = []
     num_images = 0
     stores = {name: _MapStore() for name in component_scores}
@@ -315,7 +371,12 @@ def evaluate(
         if closed_set:
             known_target = torch.where(is_anomaly, torch.full_like(masks, IGNORE_INDEX), masks)
             confusion.update(prediction, known_target)
-        counted = (masks != IGNORE_INDEX) & ~torch.isin(masks, ignored_ids)
+        non_void = masks != IGNORE_INDEX
+        pixel_masks = {
+            "counted": non_void & ~torch.isin(masks, ignored_ids),
+            "non-void": non_void,
+            "all": None,
+        }
         try:
             scores = compute_scores(logits, tuple(score_names), sml_stats=sml_stats)
         except NonFiniteLogitsError as error:
@@ -324,13 +385,11 @@ def evaluate(
                 error.image,
                 error.pixel,
             ) from None
-        for name, score in scores.items():
-            if "pooled" in protocols:
-                anomaly[name].update(score, is_anomaly, counted)
-            if per_image:
-                per_image[name].update(score, is_anomaly, counted)
-            if name in stores:
-                stores[name].append(score, torch.where(counted, is_anomaly.to(torch.uint8), 255))
+        for (pixels, _), by_score in states.items():
+            for name, score in scores.items():
+                by_score[name].update(score, is_anomaly, pixel_masks[pixels])
+        for name, store in stores.items():
+            store.append(scores[name], torch.where(non_void, is_anomaly.to(torch.uint8), 255))
         for i in range(min(keep_examples - len(examples), images.shape[0])):
             examples.append(
                 Example(
@@ -343,23 +402,28 @@ def evaluate(
         num_images += images.shape[0]
     if num_images == 0:
         raise ValueError("evaluate() got no batch: the test split is empty")
-    pooled = anomaly if "pooled" in protocols else {}
     components = {}
+    smiyc_curve = states[outputs["smiyc"][:2]] if stores else {}
     for name, store in stores.items():
-        components[name] = ComponentMetric(best_f1_threshold(anomaly[name]))
+        components[name] = ComponentMetric(best_f1_threshold(smiyc_curve[name]), track=spec.smiyc_track)
         for score, labels in store.read():
             components[name].update(score, labels == 1, labels != 255)
         store.close()
     metrics = _flatten(
-        confusion if closed_set else None, {"pooled": pooled, "per-image": per_image},
+        confusion if closed_set else None,
+        {output: (states[pixels, aggregation], rules) for output, (pixels, aggregation, rules) in outputs.items()},
         class_names[:num_classes], miou_exclude,
     )  # fmt: skip
     for name, metric in components.items():
         values = metric.compute()
         for key in ("sIoU", "PPV", "mean_F1"):
-            metrics[f"ood/{name}/{key}/components"] = 100.0 * values[key]
-        metrics[f"ood/{name}/threshold/components"] = values["threshold"]
-    return EvaluationResult(metrics, anomaly, confusion, examples, num_images, tuple(class_names), closed_set)
+            metrics[f"ood/{name}/{key}/smiyc"] = 100.0 * values[key]
+        metrics[f"ood/{name}/threshold/smiyc"] = values["threshold"]
+    # Curves and figures read the project's pooled state (else the kit's pooled one, same pixels).
+    pooled = states.get(("counted", "pooled")) or next(
+        (by_score for (_, aggregation), by_score in states.items() if aggregation == "pooled"), {}
+    )
+    return EvaluationResult(metrics, pooled, confusion, examples, num_images, tuple(class_names), closed_set)
 
 
 @torch.no_grad()
@@ -409,10 +473,11 @@ class _MapStore:
 
 def _flatten(
     confusion: ConfusionMatrix | None,
-    anomaly: dict[str, dict[str, AnomalyMetric | PerImageAnomalyMetric]],
+    anomaly: dict[str, tuple[dict[str, AnomalyMetric | PerImageAnomalyMetric], str]],
     class_names: Sequence[str],
     miou_exclude: Sequence[str],
 ) -> dict[str, float]:
+    """Flat metrics in percent; ``anomaly``: protocol or convention -> (its state per score, its rules)."""
     metrics: dict[str, float] = {}
     if confusion is not None:
         exclude = [class_names.index(n) for n in miou_exclude]
@@ -424,9 +489,9 @@ def _flatten(
         for name, iou, f1 in zip(class_names, seg["IoU"], seg["F1"], strict=True):
             metrics[f"seg/IoU/{name}"] = 100.0 * float(iou)
             metrics[f"seg/F1/{name}"] = 100.0 * float(f1)
-    for protocol, by_score in anomaly.items():
+    for protocol, (by_score, rules) in anomaly.items():
         for score, metric in by_score.items():
-            values = metric.compute()
+            values = metric.compute(rules)
             for key in ("AUPR", "AUROC", "FPR95"):
                 metrics[f"ood/{score}/{key}/{protocol}"] = 100.0 * float(values[key])
             if protocol == "pooled":
@@ -451,14 +516,28 @@ def results_table(metrics: dict[str, float], score_names: Sequence[str] = SCORES
             f"anomaly pixels {metrics['ood/anomaly_pixel_share']:.2f} (= pooled AUPR of a random score)"
         )
     lines = ["   ".join(head)]
-    for protocol in PROTOCOLS:
+    for protocol in (*PROTOCOLS, *CONVENTIONS):
         if not any(key.endswith(f"/{protocol}") for key in metrics):
             continue
-        where = "over all test pixels" if protocol == "pooled" else "mean over images with anomalies"
-        lines += ["", f"{'score':<10}{'AUPR':>8}{'AUROC':>8}{'FPR95':>8}   ({protocol}: {where})"]
+        with_components = any(f"ood/{name}/sIoU/{protocol}" in metrics for name in score_names)
+        columns = ("AUPR", "AUROC", "FPR95", *(("sIoU", "PPV", "mean_F1") if with_components else ()))
+        lines += [
+            "",
+            f"{'score':<10}" + "".join(f"{c:>8}" for c in columns) + f"   ({protocol}: {_WHERE[protocol]})",
+        ]
         for name in score_names:
             if f"ood/{name}/AUPR/{protocol}" not in metrics:
                 continue
-            row = [metrics[f"ood/{name}/{k}/{protocol}"] for k in ("AUPR", "AUROC", "FPR95")]
+            row = [metrics.get(f"ood/{name}/{k}/{protocol}", math.nan) for k in columns]
             lines.append(f"{name:<10}" + "".join(f"{v:8.2f}" for v in row))
     return "\n".join(lines)
+
+
+#: How each protocol or convention counts, for the printed table.
+_WHERE = {
+    "pooled": "over all test pixels",
+    "per-image": "mean over images with anomalies",
+    "anomaly-seg": "official StreetHazards code: per image, void as inlier",
+    "smiyc": "SegmentMeIfYouCan kit: pooled, trapezoid AP, first TPR >= 0.95",
+    "pytorch-ood": "pytorch-ood 0.4: per image, trapezoid AUPR-OUT",
+}

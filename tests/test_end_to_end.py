@@ -103,21 +103,23 @@ def test_evaluation_options_reach_the_run_from_the_command_line(tmp_path, capsys
     )  # the options changed something
 
     # Evaluation-time fields change on scripts/test.py: both protocols, another window, components.
-    flags = ["--protocols", "pooled", "per-image", "--window", "64", "64", "--component-scores", "entropy"]
+    flags = ["--protocols", "pooled", "per-image", "--window", "64", "64", "--component-scores", "entropy",
+             "--conventions", "anomaly-seg", "smiyc", "pytorch-ood", "--smiyc-track", "obstacle"]  # fmt: skip
     assert test_script(["--checkpoint", str(run_dir), *flags, "--no-progress"]) == 0
     measured = json.loads((run_dir / "test_best.json").read_text())
     expected = _evaluate_checkpoint(
-        run_dir / "best.pt", cfg, ood_ignore=("other",), window=(64, 64), component_scores=("entropy",)
-    )
+        run_dir / "best.pt", cfg, ood_ignore=("other",), window=(64, 64), component_scores=("entropy",),
+        conventions=("anomaly-seg", "smiyc", "pytorch-ood"), smiyc_track="obstacle",
+    )  # fmt: skip
     assert (
         measured == pytest.approx(expected, abs=1e-9, nan_ok=True)
-        and "ood/entropy/sIoU/components" in measured
+        and "ood/entropy/sIoU/smiyc" in measured
+        and all(f"ood/msp/AUPR/{c}" in measured for c in ("anomaly-seg", "smiyc", "pytorch-ood"))
     )
     capsys.readouterr()
 
     # Combinations that cannot work end with one line and exit code 2.
     bad = {
-        ("--component-scores", "entropy", "--protocols", "per-image"): "component_scores need the pooled protocol",
         ("--ood-ignore", "sky"): "ood_ignore='sky' is not a class of dataset='synthetic'; its classes: unlabeled",
         ("--component-scores", "sml"): "component_scores='sml' must be among scores",
     }  # fmt: skip
@@ -209,10 +211,7 @@ def test_notebook_runs_top_to_bottom(tmp_path):
     )
     for key in ("seg/mIoU", "ood/entropy/AUPR/pooled", "ood/msp/FPR95/per-image"):
         assert float(rows[2][key]) == pytest.approx(float(rows[1][key]), abs=1e-3), key
-    assert (
-        rows[1]["ood/entropy/sIoU/components"] == ""
-        and 0 <= float(rows[2]["ood/entropy/sIoU/components"]) <= 100
-    )
+    assert rows[1]["ood/entropy/sIoU/smiyc"] == "" and 0 <= float(rows[2]["ood/entropy/sIoU/smiyc"]) <= 100
     assert rows[2]["component_scores"] == "entropy"
 
 

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -163,18 +165,46 @@ def test_sml_through_the_evaluator():
     assert result.metrics["ood/sml/AUROC/pooled"] == pytest.approx(100.0)
 
 
-def test_component_metrics_through_the_evaluator():
-    result = evaluate(MarkerModel(), _batches(), num_classes=13, **STREETHAZARDS_LABELS, device="cpu", score_names=("entropy", "msp"),
-                      component_scores=("entropy",), progress=False)  # fmt: skip
+def _large_batches():
+    """Two 64x64 images: a 12x12 anomaly block (144 px) and a void row in the first, nothing in the second."""
+    images = torch.zeros(2, 3, 64, 64, dtype=torch.uint8)
+    masks = torch.full((2, 64, 64), 7, dtype=torch.int64)
+    images[0, 0, 20:32, 20:32] = 255
+    masks[0, 20:32, 20:32] = 13
+    masks[0, 0, :] = 255
+    images[0, 0, 0, :] = 255  # flagged, but void: counted as an inlier by anomaly-seg alone
+    return [(images[:1], masks[:1]), (images[1:], masks[1:])]
+
+
+def test_conventions_and_components_through_the_evaluator():
+    options = dict(
+        num_classes=13, **STREETHAZARDS_LABELS, device="cpu", score_names=("entropy", "msp"), progress=False
+    )
+    result = evaluate(MarkerModel(), _large_batches(), conventions=("anomaly-seg", "smiyc", "pytorch-ood"),
+                      smiyc_track="obstacle", **options)  # fmt: skip
     m = result.metrics
-    # One anomaly component, found exactly by the best-F1 threshold: sIoU, PPV and F1 are 100.
-    assert m["ood/entropy/sIoU/components"] == pytest.approx(100.0)
-    assert m["ood/entropy/PPV/components"] == pytest.approx(100.0)
-    assert m["ood/entropy/mean_F1/components"] == pytest.approx(100.0)
-    assert "ood/msp/sIoU/components" not in m
-    with pytest.raises(ValueError, match="component_scores"):
-        evaluate(MarkerModel(), _batches(), num_classes=13, **STREETHAZARDS_LABELS, device="cpu", score_names=("msp",),
-                 component_scores=("entropy",), progress=False)  # fmt: skip
+    # One anomaly component, found exactly by the best-F1 threshold: sIoU, PPV and F1 are 100 on the
+    # obstacle track (50 / 10 px); on the anomaly track the 144 px prediction is under 500 px: dropped.
+    for name in ("entropy", "msp"):
+        assert m[f"ood/{name}/sIoU/smiyc"] == pytest.approx(100.0)
+        assert m[f"ood/{name}/PPV/smiyc"] == pytest.approx(100.0)
+        assert m[f"ood/{name}/mean_F1/smiyc"] == pytest.approx(100.0)
+        # The kit's AP is np.trapz over its curve, which starts at the first threshold with
+        # predictions: here recall 1 already, so a perfect two-valued score gets AP 0 (its AUROC 100).
+        assert m[f"ood/{name}/AUPR/smiyc"] == 0.0 and m[f"ood/{name}/AUROC/smiyc"] == pytest.approx(100.0)
+        assert m[f"ood/{name}/AUPR/pytorch-ood"] == pytest.approx(100.0)
+        # The void row scores like the anomaly: only anomaly-seg counts it, as an inlier.
+        assert m[f"ood/{name}/AUPR/anomaly-seg"] == pytest.approx(100 * 144 / (144 + 64))
+        assert m[f"ood/{name}/AUPR/pooled"] == pytest.approx(100.0)
+    anomaly_track = evaluate(
+        MarkerModel(), _large_batches(), component_scores=("entropy",), **options
+    ).metrics
+    assert anomaly_track["ood/entropy/sIoU/smiyc"] == 0.0 and math.isnan(
+        anomaly_track["ood/entropy/PPV/smiyc"]
+    )
+    assert "ood/msp/sIoU/smiyc" not in anomaly_track and "ood/msp/AUPR/pytorch-ood" not in anomaly_track
+    with pytest.raises(ValueError, match="unknown convention"):
+        evaluate(MarkerModel(), _large_batches(), conventions=("fishyscapes",), **options)
 
 
 @pytest.mark.parametrize("flip", [False, True])

@@ -539,40 +539,6 @@ def test_per_image_state_is_constant_and_no_image_warns():
         assert math.isnan(empty.compute()["AUPR"])
 
 
-def test_component_metrics_hand_computed():
-    from lib.metrics import ComponentMetric
-
-    gt = np.zeros((6, 10), dtype=bool)
-    gt[1:3, 1:3] = True  # component A, 4 px
-    gt[4:6, 7:9] = True  # component B, 4 px, missed
-    scores = np.zeros((6, 10), dtype=np.float32)
-    scores[1:3, 1:4] = 1.0  # covers A and 2 inlier pixels: sIoU(A) = 4/6, PPV = 4/6
-    scores[0, 8] = 1.0  # a false detection: PPV 0
-    metric = ComponentMetric(0.5)
-    metric.update(scores, gt)
-    out = metric.compute()
-    assert out["sIoU"] == pytest.approx((4 / 6 + 0) / 2)
-    assert out["PPV"] == pytest.approx((4 / 6 + 0) / 2)
-    # taus 0.25..0.65: TP 1, FN 1, FP 1 -> F1 0.5; taus 0.70, 0.75: TP 0, FN 2, FP 2 -> 0.
-    assert out["mean_F1"] == pytest.approx(9 * 0.5 / 11)
-    assert (out["n_gt_components"], out["n_pred_components"]) == (2, 2)
-
-
-def test_component_void_pixels_do_not_count():
-    from lib.metrics import ComponentMetric
-
-    gt = np.zeros((4, 4), dtype=bool)
-    gt[1:3, 1:3] = True
-    scores = gt.astype(np.float32)
-    scores[0, :] = 1.0  # a false detection, but on void pixels
-    valid = np.ones_like(gt)
-    valid[0, :] = False
-    metric = ComponentMetric(0.5)
-    metric.update(scores, gt, valid)
-    assert metric.compute()["PPV"] == pytest.approx(1.0)
-    assert metric.compute()["mean_F1"] == pytest.approx(1.0)
-
-
 def test_best_f1_threshold():
     from lib.metrics import best_f1_threshold
 

@@ -1,7 +1,11 @@
 """Published StreetHazards numbers, quoted for comparison (this project measured none of them).
 
-Percentages. Each table says where it comes from; compare a result only with numbers of the same
-protocol (`lib.test`: pooled vs per-image).
+Percentages. Each table says where it comes from and each number under which convention it was
+measured, by the names of `lib.test`'s keys: ``pooled`` / ``per-image`` (this project's protocols;
+the reference project pooled every test pixel), ``anomaly-seg`` (the official StreetHazards code:
+per image, void as inlier), ``smiyc``, ``pytorch-ood``; None where the source does not say. Compare a
+result only with numbers of the same convention: `comparison_table` prints a published number only
+beside ours under the same key.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ REFERENCE_ABLATION_SOURCE = (
     "StreetHazards reference project, ckpts/ablation.csv: DeepLabv3+ ResNet-101 from Cityscapes "
     "weights, StreetHazards test split, pooled AUPR (%)"
 )
+#: The convention of `REFERENCE_ABLATION`'s AUPR: every test pixel at once, unlabeled pixels as inliers.
+REFERENCE_ABLATION_CONVENTION = "pooled"
 REFERENCE_ABLATION: tuple[dict[str, object], ...] = (
     dict(head="standard", loss="ce", mIoU=65.30, msp=8.87, maxlog=12.68, entropy=11.15, energy=13.27),
     dict(head="standard", loss="fl+h", mIoU=64.30, msp=8.91, maxlog=13.09, entropy=11.48, energy=13.71),
@@ -24,21 +30,27 @@ REFERENCE_ABLATION: tuple[dict[str, object], ...] = (
 
 #: Published StreetHazards anomaly results (AUPR, FPR95, AUROC; mIoU where given), with sources.
 STREETHAZARDS_RESULTS: tuple[dict[str, object], ...] = (
-    dict(method="MSP", AUPR=6.6, FPR95=33.7, AUROC=87.7, source="Hendrycks et al. (via DiCNet README)"),
-    dict(method="MaxLogit", AUPR=10.6, source="Hendrycks et al."),
-    dict(method="Deep Ensemble", AUPR=7.2, FPR95=25.4, AUROC=90.0, source="DiCNet README"),
-    dict(method="SynthCP", AUPR=9.3, FPR95=28.4, AUROC=88.5, source="DiCNet README"),
-    dict(method="PAnS", AUPR=8.8, FPR95=23.2, AUROC=91.1, source="DiCNet README"),
-    dict(method="DML", AUPR=14.7, FPR95=17.3, mIoU=53.9, source="Cen et al. 2021"),
-    dict(method="DiCNet", AUPR=16.2, FPR95=17.6, AUROC=93.4, source="DiCNet README"),
+    # The anomaly-seg paper's own numbers come from its per-image evaluation code.
+    dict(method="MSP", AUPR=6.6, FPR95=33.7, AUROC=87.7, convention="anomaly-seg",
+         source="Hendrycks et al. (via DiCNet README)"),
+    dict(method="MaxLogit", AUPR=10.6, convention="anomaly-seg", source="Hendrycks et al."),
+    dict(method="Deep Ensemble", AUPR=7.2, FPR95=25.4, AUROC=90.0, convention=None, source="DiCNet README"),
+    dict(method="SynthCP", AUPR=9.3, FPR95=28.4, AUROC=88.5, convention=None, source="DiCNet README"),
+    # PAnS and DML evaluate per image as the official code does.
+    dict(method="PAnS", AUPR=8.8, FPR95=23.2, AUROC=91.1, convention="anomaly-seg", source="DiCNet README"),
+    dict(method="DML", AUPR=14.7, FPR95=17.3, mIoU=53.9, convention="anomaly-seg", source="Cen et al. 2021"),
+    dict(method="DiCNet", AUPR=16.2, FPR95=17.6, AUROC=93.4, convention=None, source="DiCNet README"),
     dict(
         method="reference project: R101, distance head, FL+H, entropy (pooled)",
         AUPR=17.37,
         mIoU=65.1,
+        convention="pooled",
         source="reference project ckpts/ablation.csv",
-    ),  # fmt: skip
-    dict(method="DenseHybrid", AUPR=30.2, mIoU=63.0, source="Grcic et al. 2022"),
-)
+    ),
+    # DenseHybrid: per image, with the class "other" left out of the anomaly metrics
+    # (this project: protocols per-image, ood_ignore other).
+    dict(method="DenseHybrid", AUPR=30.2, mIoU=63.0, convention="per-image", source="Grcic et al. 2022"),
+)  # fmt: skip
 
 #: What the StreetHazards reference project reports for its published weights (the
 #: ``streethazards-reference`` entry of `lib.weights`): its ablation row "distance head, FL+H", as
@@ -64,16 +76,27 @@ def published_results(weights: str | None) -> dict[str, object] | None:
 
 
 def comparison_table(measured: Mapping[str, float], published: Mapping[str, float]) -> str:
-    """Plain text: each published metric, the measured value and the difference (points)."""
+    """Plain text: each published metric beside ours under the same key (so the same convention: the
+    key ends with it) and the difference (points). A published number we did not measure under its
+    convention is not printed beside another one; the last line names those keys."""
     lines = [f"{'metric':<28}{'measured':>10}{'published':>11}{'diff':>8}"]
+    missing = []
     for key, value in published.items():
-        got = measured.get(key, math.nan)
+        if key not in measured:
+            missing.append(key)
+            continue
+        got = measured[key]
         lines.append(f"{key:<28}{got:>10.2f}{value:>11.2f}{got - value:>+8.2f}")
+    if missing:
+        lines.append(
+            f"not measured under the published convention (add it with --protocols / --conventions): {', '.join(missing)}"
+        )
     return "\n".join(lines)
 
 
 __all__ = [
     "REFERENCE_ABLATION",
+    "REFERENCE_ABLATION_CONVENTION",
     "REFERENCE_ABLATION_SOURCE",
     "REFERENCE_WEIGHTS_RESULTS",
     "STREETHAZARDS_RESULTS",

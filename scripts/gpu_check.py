@@ -13,7 +13,7 @@ Checks (by group, as --checks names them):
             histograms and matrices must be identical, computed metrics within 1e-6.
   scores    every lib.scores score and SML statistics (fitted with a CPU mask on --device logits)
             on --device vs the CPU, within 1e-5 (float32 exp / log rounding).
-  evaluate  lib.test.evaluate (both protocols, component metrics) of one small model (DeepLabv3+
+  evaluate  lib.test.evaluate (both protocols, the kits' conventions, component metrics) of one small model (DeepLabv3+
             MobileNetV2; my_fcn with --quick) on --device vs the CPU on the same batches; the model
             runs in float64 so that convolution rounding (cuDNN, TF32) cannot flip a prediction:
             every metric within 1e-3 percentage points.
@@ -411,15 +411,16 @@ def check_evaluate(ctx: Context) -> str:
     model = Float64(build_model(**arch, head="distance", num_classes=NUM_CLASSES))
     batches = eval_batches(ctx)
     kwargs = dict(
-        num_classes=NUM_CLASSES, component_scores=("entropy",), progress=False, **STREETHAZARDS_LABELS
-    )
+        num_classes=NUM_CLASSES, component_scores=("entropy",), conventions=("anomaly-seg", "smiyc", "pytorch-ood"),
+        progress=False, **STREETHAZARDS_LABELS,
+    )  # fmt: skip
     ref = evaluate(copy.deepcopy(model), batches, device="cpu", **kwargs).metrics
     got = evaluate(model.to(ctx.device), batches, device=ctx.device, **kwargs).metrics
     assert ref.keys() == got.keys(), f"metric keys differ: {sorted(set(ref) ^ set(got))}"
     assert any(k.endswith("/per-image") for k in ref), "no per-image metric"
     diff, key = max_diff(ref, got)
     assert diff <= EVAL_TOL_PP, f"{key}: cpu {ref[key]:.6f} vs {ctx.device} {got[key]:.6f}"
-    return (f"{len(ref)} metrics (pooled, per-image, components), max |diff| {diff:.1e} pp ({key}); "
+    return (f"{len(ref)} metrics (pooled, per-image, the three kits' conventions, components), max |diff| {diff:.1e} pp ({key}); "
             f"tol {EVAL_TOL_PP:g} pp, {arch.get('arch', 'deeplabv3plus')} in float64")  # fmt: skip
 
 

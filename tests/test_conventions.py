@@ -155,3 +155,19 @@ def test_roc_auc_convention_free():
     expected = roc_auc_score(labels, scores)
     for rules in ("anomaly-seg", "pytorch-ood"):
         assert exact_rank_metrics(scores, labels, rules)["AUROC"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_published_numbers_name_their_convention_and_print_only_beside_the_same_one():
+    from lib.config import CONVENTIONS, PROTOCOLS
+    from lib.published import REFERENCE_WEIGHTS_RESULTS, STREETHAZARDS_RESULTS, comparison_table
+
+    known = (*PROTOCOLS, *CONVENTIONS, None)
+    assert all("convention" in row and row["convention"] in known for row in STREETHAZARDS_RESULTS)
+    published = REFERENCE_WEIGHTS_RESULTS["metrics"]
+    assert all(key.startswith("seg/") or key.rsplit("/", 1)[1] in known for key in published)
+    measured = {"seg/mIoU": 60.0, "ood/entropy/AUPR/per-image": 20.0, "ood/entropy/AUPR/pooled": 15.0}
+    table = comparison_table(measured, published)
+    assert "ood/entropy/AUPR/pooled" in table and "-2.37" in table  # 15.00 beside 17.37
+    assert "20.00" not in table  # the per-image number is never printed beside a pooled one
+    assert table.splitlines()[-1].startswith("not measured under the published convention")
+    assert "ood/msp/AUPR/pooled" in table.splitlines()[-1]

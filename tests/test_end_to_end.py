@@ -196,9 +196,15 @@ def test_notebook_runs_top_to_bottom(tmp_path):
     )
     # Evaluation only (the streethazards-reference path, with run_0's best weights as the file):
     # no training, a new run folder, and run_0's numbers again.
-    # The evaluation options reach the notebook's run through OVERRIDES: component metrics here
-    # (they add columns and change none of the others).
-    overrides = json.dumps({"component_scores": ["entropy"], "protocols": ["pooled", "per-image"]})
+    # The evaluation options reach the notebook's run through OVERRIDES: component metrics and two
+    # kits' conventions here (they add columns and change none of the others).
+    overrides = json.dumps(
+        {
+            "component_scores": ["entropy"],
+            "protocols": ["pooled", "per-image"],
+            "conventions": ["smiyc", "pytorch-ood"],
+        }
+    )
     execute(
         NOTEBOOK_WEIGHTS=str(tmp_path / "ckpts" / "runs" / "run_0" / "best.pt"), NOTEBOOK_OVERRIDES=overrides
     )
@@ -212,7 +218,10 @@ def test_notebook_runs_top_to_bottom(tmp_path):
     for key in ("seg/mIoU", "ood/entropy/AUPR/pooled", "ood/msp/FPR95/per-image"):
         assert float(rows[2][key]) == pytest.approx(float(rows[1][key]), abs=1e-3), key
     assert rows[1]["ood/entropy/sIoU/smiyc"] == "" and 0 <= float(rows[2]["ood/entropy/sIoU/smiyc"]) <= 100
-    assert rows[2]["component_scores"] == "entropy"
+    assert rows[2]["component_scores"] == "entropy" and "pytorch-ood" in rows[2]["conventions"]
+    assert (
+        rows[1]["ood/msp/FPR95/pytorch-ood"] == "" and 0 <= float(rows[2]["ood/msp/FPR95/pytorch-ood"]) <= 100
+    )
 
 
 @pytest.mark.slow

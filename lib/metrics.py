@@ -34,11 +34,13 @@ __all__ = [
     "PerImageAnomalyMetric",
     "RULES",
     "SMIYC_TRACKS",
+    "TIE_TOLERANCE",
     "best_f1_threshold",
     "check_no_nan",
     "exact_curve",
     "exact_rank_metrics",
     "rank_metrics",
+    "tie_bounds",
 ]
 
 
@@ -237,11 +239,18 @@ def _score_index(scores: torch.Tensor, label: torch.Tensor | None, bits: int) ->
     key ^= sign  # two's-complement negation of the magnitude where sign == -1 ...
     key -= sign  # ... so key = -mag for negative floats, +mag otherwise
     key >>= 32 - bits
-    key += 1 << (bits - 1)
+    if bits < 32:
+        key += 1 << (bits - 1)
     if label is not None:
         key <<= 1
         key += label
     return key
+
+
+def _full_keys(scores: torch.Tensor) -> torch.Tensor:
+    """Order-preserving int64 key in ``[0, 2**32)`` of each float32 score: every distinct float32
+    its own key (-0.0 and +0.0 one), and ``key >> (32 - bits)`` is its `_score_bins` bin."""
+    return _score_index(scores, None, 32).to(torch.int64) + (1 << 31)
 
 
 #: At most about this many finite scores (evenly strided) choose an offset: the median of such a
@@ -408,6 +417,62 @@ def _trapezoids(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.sum(np.diff(x) * (y[1:] + y[:-1])) / 2.0)
 
 
+#: The most a binned AUPR, AUROC or FPR95 may differ from the exact value before the metrics say
+#: so (`tie_bounds`): per image the image is then ranked exactly; pooled, `AnomalyMetric.compute`
+#: warns and `lib.test.evaluate` resolves the bins that tie in a second, exact pass.
+TIE_TOLERANCE = 1e-3
+
+
+def tie_bounds(tps: np.ndarray, fps: np.ndarray) -> dict[str, float]:
+    """How far AUPR, AUROC and FPR95 of a binned curve may be from those of the exact scores.
+
+    A bin is one threshold; inside it the exact scores may rank its anomaly and inlier pixels in any
+    order (or tie them: a bin that holds one value is exact, but the counts cannot tell). Every bound
+    holds for every order, under every rule set of `rank_metrics`:
+
+    * AUPR: each anomaly pixel of bin ``b`` adds ``1/P`` times a precision between the one it gets
+      after all of the bin's inliers, ``(tp + 1) / (tp + fp + neg_b + 1)``, and the best it can get,
+      ``(tp + pos_b) / (tp + fp + pos_b)`` (``tp, fp`` above the bin); the binned value lies in the
+      same range. Bound: ``sum_b pos_b / P * (best - worst)`` (also bounds the trapezoid APs).
+    * AUROC: pairs of an anomaly and an inlier pixel in one bin count half; exactly they count 0 or
+      1. Bound: ``sum_b pos_b * neg_b / (2 P N)``.
+    * FPR95: inside a bin holding both classes that the 0.95 recall level falls in or near (within
+      the distance of the binned choice), the FPR of the chosen point can move across the bin's
+      inliers. Bound: the largest such move, over ``N``.
+
+    Args:
+        tps, fps: cumulative counts per bin from the highest bin down (both classes present).
+
+    Returns:
+        ``{"AUPR", "AUROC", "FPR95"}`` bounds (fractions).
+    """
+    tps = tps.astype(np.float64)
+    fps = fps.astype(np.float64)
+    n_pos, n_neg = tps[-1], fps[-1]
+    pos = np.diff(tps, prepend=0.0)
+    neg = np.diff(fps, prepend=0.0)
+    tp, fp = tps - pos, fps - neg  # above each bin
+    has_pos = pos > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        best = np.where(has_pos, (tp + pos) / (tp + fp + pos), 0.0)
+        worst = np.where(has_pos, (tp + 1) / (tp + fp + neg + 1), 0.0)
+    aupr = float(np.sum(pos / n_pos * (best - worst)))
+    auroc = float(np.sum(pos * neg) / (2.0 * n_pos * n_neg))
+    mixed = has_pos & (neg > 0)
+    fpr95 = 0.0
+    if mixed.any():
+        recall_hi, recall_lo = tps / n_pos, tp / n_pos
+        # The binned choice (anomaly-seg rule: nearest recall); others choose within the same reach.
+        chosen = int(np.argmin(np.abs(np.concatenate(([0.0], recall_hi)) - 0.95)))
+        reach = abs((0.0 if chosen == 0 else recall_hi[chosen - 1]) - 0.95)
+        chosen_fp = 0.0 if chosen == 0 else fps[chosen - 1]
+        near = mixed & (recall_lo <= 0.95 + reach) & (recall_hi >= 0.95 - reach)
+        if near.any():
+            moves = np.maximum(np.abs(fp[near] - chosen_fp), np.abs(fp[near] + neg[near] - chosen_fp))
+            fpr95 = float(moves.max() / n_neg)
+    return {"AUPR": aupr, "AUROC": auroc, "FPR95": fpr95}
+
+
 class AnomalyMetric:
     """Pixel-level AUPR, AUROC and FPR95 pooled over all counted pixels, in constant memory.
 
@@ -495,6 +560,7 @@ class AnomalyMetric:
         self.neg_hist = torch.zeros_like(self.pos_hist)
         self.offset_state = torch.zeros(3, dtype=torch.float64, device=self.pos_hist.device)
         self._set_offset(self._given_offset)
+        self._refine: dict | None = None  # the exact second pass of `resolve_ties`
 
     # ------------------------------------------------------------------ state
 
@@ -544,6 +610,7 @@ class AnomalyMetric:
         self.pos_hist.zero_()
         self.neg_hist.zero_()
         self._set_offset(self._given_offset)
+        self._refine = None
 
     def merge(self, other: AnomalyMetric) -> AnomalyMetric:
         """Add another metric's histograms into this one (same ``bits`` and offset); returns self.
@@ -609,6 +676,9 @@ class AnomalyMetric:
             offset = _choose_offset(x, keep)
             self._set_offset(offset)
         n_bins = 1 << self.bits
+        if self._refine is not None:
+            self._add_fine(_shifted(raw, x, offset), label, keep)
+            return
         # The one shifted float32 copy feeds both paths below, so CPU and GPU states are identical.
         index = _score_index(_shifted(raw, x, offset), label, self.bits)  # bin * 2 + (1 if anomaly)
         if index.device.type == "cpu":
@@ -633,6 +703,101 @@ class AnomalyMetric:
         self.neg_hist[first : first + counts.shape[0]] += counts[:, 0]
         self.pos_hist[first : first + counts.shape[0]] += counts[:, 1]
 
+    # ------------------------------------------------------------------ tied bins
+
+    def tie_bound(self) -> float:
+        """The most the binned AUPR, AUROC or FPR95 may differ from the exact values (`tie_bounds`;
+        what is left after `resolve_ties`); 0.0 without both classes."""
+        if self._refine is not None:
+            return self._refine["bound_left"]
+        _, tps, fps = self._cumulative()
+        if not tps.size or tps[-1] == 0 or fps[-1] == 0:
+            return 0.0
+        return max(tie_bounds(tps, fps).values())
+
+    def resolve_ties(self, tolerance: float = TIE_TOLERANCE, max_keys: int = 1 << 24) -> int:
+        """Start a second pass that ranks exactly the pixels of the bins whose ties matter.
+
+        After this call, `update` no longer bins: it records the exact float32 keys (with their
+        label) of the pixels falling in the chosen bins, and `compute` merges them with the first
+        pass's histograms (the other bins stay as they were). Feed the same pixels again, in any
+        order and batching. Bins are chosen by their share of `tie_bounds` until what is left is at
+        most ``tolerance / 2``. The record holds at most one entry per distinct score in those
+        bins (``2**(32 - bits)`` per bin at most); past ``max_keys`` entries the pass stops
+        refining and `compute` warns.
+
+        Returns:
+            The number of bins to resolve (0: nothing to do, no second pass needed).
+        """
+        pos = self.pos_hist.detach().cpu().numpy()
+        neg = self.neg_hist.detach().cpu().numpy()
+        bins = np.flatnonzero(pos + neg)[::-1]
+        tps, fps = np.cumsum(pos[bins]), np.cumsum(neg[bins])
+        if not tps.size or tps[-1] == 0 or fps[-1] == 0 or max(tie_bounds(tps, fps).values()) <= tolerance:
+            return 0
+        n_pos, n_neg = float(tps[-1]), float(fps[-1])
+        p, n = pos[bins].astype(np.float64), neg[bins].astype(np.float64)
+        tp, fp = tps - p, fps - n
+        with np.errstate(divide="ignore", invalid="ignore"):
+            aupr = np.where(p > 0, p / n_pos * ((tp + p) / (tp + fp + p) - (tp + 1) / (tp + fp + n + 1)), 0.0)
+        weight = aupr + p * n / (2 * n_pos * n_neg) + n / n_neg * ((p > 0) & (n > 0))  # FPR95: any mixed bin
+        order = np.argsort(-weight, kind="stable")
+        left = np.cumsum(weight[order][::-1])[::-1]  # what stays tied if bins order[:k] are resolved
+        k = int(np.searchsorted(-left, -tolerance / 2)) if left.size else 0
+        k = max(1, min(k, bins.size))
+        chosen = np.sort(bins[order[:k]])
+        bound_left = float(left[k]) if k < left.size else 0.0
+        self._refine = {
+            "bins": torch.from_numpy(chosen),
+            "keys": np.zeros(0, np.int64),
+            "counts": np.zeros(0, np.int64),
+            "bound_left": bound_left,
+            "max_keys": int(max_keys),
+            "overflow": False,
+        }
+        return int(chosen.size)
+
+    def _add_fine(self, shifted: torch.Tensor, label: torch.Tensor, keep: torch.Tensor | None) -> None:
+        """Second pass: record (exact key, label) of the pixels in the bins being resolved."""
+        refine = self._refine
+        if refine["overflow"]:
+            return
+        keys = _full_keys(shifted)
+        in_bins = torch.isin(keys >> (32 - self.bits), refine["bins"].to(keys.device))
+        if keep is not None:
+            in_bins &= keep
+        selected = (keys[in_bins] * 2 + label[in_bins]).cpu().numpy()
+        if not selected.size:
+            return
+        merged = np.concatenate((refine["keys"], selected))
+        weights = np.concatenate((refine["counts"], np.ones(selected.size, np.int64)))
+        keys_u, inverse = np.unique(merged, return_inverse=True)
+        refine["keys"], refine["counts"] = keys_u, np.bincount(inverse, weights=weights).astype(np.int64)
+        if keys_u.size > refine["max_keys"]:
+            refine["overflow"] = True
+
+    def _refined_cumulative(self) -> tuple[np.ndarray, np.ndarray]:
+        """(tps, fps) of the first pass's bins with the resolved bins replaced by their exact keys."""
+        refine = self._refine
+        shift = 32 - self.bits
+        pos = self.pos_hist.detach().cpu().numpy().copy()
+        neg = self.neg_hist.detach().cpu().numpy().copy()
+        resolved = refine["bins"].numpy()
+        pos[resolved] = 0
+        neg[resolved] = 0
+        bins = np.flatnonzero(pos + neg)
+        fine_keys, fine_labels = refine["keys"] >> 1, (refine["keys"] & 1).astype(bool)
+        # Bins and exact keys in one order: a bin sorts as its lowest key; keys never share a
+        # resolved bin with a kept one.
+        order_keys = np.concatenate((bins.astype(np.int64) << shift, fine_keys))
+        p = np.concatenate((pos[bins], np.where(fine_labels, refine["counts"], 0)))
+        n = np.concatenate((neg[bins], np.where(fine_labels, 0, refine["counts"])))
+        order = np.argsort(-order_keys, kind="stable")
+        values, first = np.unique(-order_keys[order], return_index=True)  # group equal keys
+        p_grouped = np.add.reduceat(p[order], first)
+        n_grouped = np.add.reduceat(n[order], first)
+        return np.cumsum(p_grouped), np.cumsum(n_grouped)
+
     # ------------------------------------------------------------------ compute
 
     def _cumulative(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -652,7 +817,10 @@ class AnomalyMetric:
             RuntimeError: the state sums states binned around different offsets (see ``offset``).
         """
         self._checked_offset()  # histograms summed across different offsets mean nothing
-        _, tps, fps = self._cumulative()
+        if self._refine is not None:
+            tps, fps = self._refined_cumulative()
+        else:
+            _, tps, fps = self._cumulative()
         n_pos = int(tps[-1]) if tps.size else 0
         n_neg = int(fps[-1]) if fps.size else 0
         out = {"AUPR": math.nan, "AUROC": math.nan, "FPR95": math.nan}
@@ -666,7 +834,19 @@ class AnomalyMetric:
             )
             return {**out, "protocol": "pooled", "n_pos": n_pos, "n_neg": n_neg}
         out = rank_metrics(tps, fps, rules)
-        return {**out, "protocol": "pooled", "n_pos": n_pos, "n_neg": n_neg}
+        bound = self.tie_bound()
+        if self._refine is not None and self._refine["overflow"]:
+            bound = max(bound, tie_bounds(tps, fps)["AUPR"])  # pessimistic: refinement stopped early
+        if bound > TIE_TOLERANCE:
+            warnings.warn(
+                f"AnomalyMetric: the pooled bins tie anomaly and inlier scores that differ, so AUPR, AUROC or "
+                f"FPR95 may be up to {bound:.1e} from the exact values (more than {TIE_TOLERANCE:g}). "
+                "lib.test.evaluate resolves such bins in a second pass; with the metric alone call "
+                "resolve_ties() and feed the same scores again",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return {**out, "protocol": "pooled", "n_pos": n_pos, "n_neg": n_neg, "tie_bound": bound}
 
     def curves(self) -> dict[str, np.ndarray]:
         """Curves for plotting, from the same state, one point per threshold (non-empty bin).
@@ -712,16 +892,18 @@ class AnomalyMetric:
 class PerImageAnomalyMetric:
     """AUPR, AUROC and FPR95 per image, averaged over images (the official anomaly-seg protocol).
 
-    Each image's metrics come from its counted pixels, by default approximated from the same
-    order-preserving bins as `AnomalyMetric` (``bits``), counted with one sort of the integer bin
-    keys. Each image is binned around its own offset, chosen from its finite counted scores by
-    `AnomalyMetric`'s rule (nothing but the metrics is summed across images), so the only
-    approximation is that scores closer than ``2**-(bits - 9) * |score - offset|`` are tied
-    (`AnomalyMetric` states the bound; tests/test_metrics.py checks 1e-3).
-    ``exact=True`` sorts the float32 scores instead (`exact_rank_metrics`).
-    Images without an anomaly pixel or without an inlier pixel are skipped, as in the official
-    code, and counted in ``n_skipped``. The state is five numbers (three sums, two counts) in one
-    float64 tensor, whatever the number of images, so ``all_reduce`` merges processes.
+    Each image's metrics come from its counted pixels, by default from the same order-preserving
+    bins as `AnomalyMetric` (``bits``), counted with one sort of the integer bin keys. Each image is
+    binned around its own offset, chosen from its finite counted scores by `AnomalyMetric`'s rule, so
+    scores closer than ``2**-(bits - 9) * |score - offset|`` are tied. Binning never drifts: when
+    `tie_bounds` says an image's binned AUPR, AUROC or FPR95 may be more than `TIE_TOLERANCE` from its
+    exact value (e.g. a cluster of scores far from the offset inside one bin), that image is ranked
+    exactly (`exact_curve`) and counted in ``n_exact``. ``exact=True`` ranks every image exactly,
+    in the scores' own precision. Images without an anomaly pixel or without an inlier pixel are
+    skipped, as in the official code, and counted in ``n_skipped``. The state is a few numbers (three
+    sums per rule set, three counts) in one float64 tensor, whatever the number of images, so
+    ``all_reduce`` merges processes. ``rules``: the rule sets averaged (`rank_metrics`), all from
+    one curve per image.
     """
 
     def __init__(
@@ -740,11 +922,12 @@ class PerImageAnomalyMetric:
             raise ValueError(f"rules must name one or more of {', '.join(RULES)}; got {list(self.rules)}")
         self.exact = bool(exact)
         self.bits = int(bits)
-        self.state = torch.zeros(3 * len(self.rules) + 2, dtype=torch.float64, device=device or "cpu")
+        self.state = torch.zeros(3 * len(self.rules) + 3, dtype=torch.float64, device=device or "cpu")
 
     @property
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        """``state`` = [sum AUPR, sum AUROC, sum FPR95 (for each of ``rules``), images averaged, images skipped]."""
+        """``state`` = [sum AUPR, sum AUROC, sum FPR95 (for each of ``rules``), images averaged, images
+        skipped, images whose bins tied too much and were ranked exactly]."""
         return {"state": self.state}
 
     @property
@@ -773,13 +956,16 @@ class PerImageAnomalyMetric:
         # Sums of this batch in Python floats, added to the state once, as a tensor on the state's
         # device (the state may live on a GPU, the per-image metrics are computed on the host).
         n_sums = 3 * len(self.rules)
-        sums = [0.0] * (n_sums + 2)  # AUPR, AUROC, FPR95 per rules, images averaged, images skipped
+        sums = [0.0] * (n_sums + 3)  # AUPR, AUROC, FPR95 per rules, images averaged, skipped, ranked exactly
         for i in range(scores.shape[0]):
             raw = scores[i].detach().reshape(-1)
             y = is_anomaly[i].detach().reshape(-1).to(raw.device).bool()
             keep = None if valid is None else valid[i].detach().reshape(-1).to(raw.device).bool()
             check_no_nan(raw, keep, f" (image {i} of the batch)")
             curve = self._exact(raw, y, keep) if self.exact else self._binned(raw, raw.float(), y, keep)
+            if curve is not None and not self.exact and max(tie_bounds(*curve).values()) > TIE_TOLERANCE:
+                curve = self._exact(raw, y, keep)  # the bins tie what matters in this image: rank it exactly
+                sums[n_sums + 2] += 1.0
             if curve is None:
                 sums[n_sums + 1] += 1.0
                 continue
@@ -827,10 +1013,11 @@ class PerImageAnomalyMetric:
             raise ValueError(f"this metric averages under {list(self.rules)}, not {rules!r}")
         r = self.rules.index(rules)
         n_sums = 3 * len(self.rules)
-        sums, n, skipped = (
+        sums, n, skipped, ranked_exactly = (
             self.state[3 * r : 3 * r + 3].tolist(),
             int(self.state[n_sums]),
             int(self.state[n_sums + 1]),
+            int(self.state[n_sums + 2]),
         )
         if n == 0:
             warnings.warn(
@@ -842,7 +1029,7 @@ class PerImageAnomalyMetric:
         else:
             values = [v / n for v in sums]
         return {**dict(zip(("AUPR", "AUROC", "FPR95"), values, strict=True)), "protocol": "per-image",
-                "n_images": n, "n_skipped": skipped}  # fmt: skip
+                "n_images": n, "n_skipped": skipped, "n_exact": ranked_exactly}  # fmt: skip
 
 
 def exact_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

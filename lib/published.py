@@ -10,7 +10,6 @@ beside ours under the same key.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 #: The StreetHazards reference project's ablation (its ``ckpts/ablation.csv``): DeepLabv3+

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -43,6 +44,7 @@ from lib.classes import IGNORE_INDEX
 from lib.config import CONVENTIONS, PROTOCOLS, SCORES, SMIYC_TRACK_NAMES
 from lib.data import normalize
 from lib.metrics import (
+    TIE_TOLERANCE,
     AnomalyMetric,
     ComponentMetric,
     ConfusionMatrix,
@@ -356,6 +358,11 @@ def evaluate(
             }
     examples: list[Example] = []
     num_images = 0
+
+    def pixel_masks_of(masks: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        non_void = masks != IGNORE_INDEX
+        return {"counted": non_void & ~torch.isin(masks, ignored_ids), "non-void": non_void, "all": None}
+
     stores = {name: _MapStore() for name in component_scores}
     total = len(batches) if hasattr(batches, "__len__") else None
     batch_iter = tqdm(batches, total=total, desc="evaluate", disable=not progress, leave=False)
@@ -372,11 +379,7 @@ def evaluate(
             known_target = torch.where(is_anomaly, torch.full_like(masks, IGNORE_INDEX), masks)
             confusion.update(prediction, known_target)
         non_void = masks != IGNORE_INDEX
-        pixel_masks = {
-            "counted": non_void & ~torch.isin(masks, ignored_ids),
-            "non-void": non_void,
-            "all": None,
-        }
+        pixel_masks = pixel_masks_of(masks)
         try:
             scores = compute_scores(logits, tuple(score_names), sml_stats=sml_stats)
         except NonFiniteLogitsError as error:
@@ -402,6 +405,7 @@ def evaluate(
         num_images += images.shape[0]
     if num_images == 0:
         raise ValueError("evaluate() got no batch: the test split is empty")
+    _resolve_pooled_ties(model, batches, spec, states, pixel_masks_of, device=device, sml_stats=sml_stats)
     components = {}
     smiyc_curve = states[outputs["smiyc"][:2]] if stores else {}
     for name, store in stores.items():
@@ -424,6 +428,49 @@ def evaluate(
         (by_score for (_, aggregation), by_score in states.items() if aggregation == "pooled"), {}
     )
     return EvaluationResult(metrics, pooled, confusion, examples, num_images, tuple(class_names), closed_set)
+
+
+def _resolve_pooled_ties(model, batches, spec, states, pixel_masks_of, *, device, sml_stats) -> None:
+    """Second, exact pass for the pooled states whose bins tie scores that matter (`AnomalyMetric.
+    resolve_ties`): rare (a cluster of scores far from the offset inside one bin), said loudly, and
+    exact afterwards. Needs `batches` to be iterable twice (a DataLoader or a list)."""
+    todo = [
+        (pixels, name, metric)
+        for (pixels, aggregation), by_score in states.items()
+        if aggregation == "pooled"
+        for name, metric in by_score.items()
+        if metric.tie_bound() > TIE_TOLERANCE
+    ]
+    if not todo:
+        return
+    what = ", ".join(sorted({name for _, name, _ in todo}))
+    if iter(batches) is batches:
+        warnings.warn(
+            f"evaluate: the pooled bins of {what} tie scores that matter and the batches can be read only once, "
+            "so the pooled metrics are not resolved exactly (pass a DataLoader or a list)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return
+    counts = {name: metric.resolve_ties() for _, name, metric in todo}
+    warnings.warn(
+        f"evaluate: the pooled bins of {what} tie anomaly and inlier scores that differ beyond {TIE_TOLERANCE:g} "
+        f"of AUPR / AUROC / FPR95 ({sum(counts.values())} bins); ranking those bins exactly in a second pass "
+        "over the test set",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    names = tuple(dict.fromkeys(name for _, name, _ in todo))
+    for images, masks in batches:
+        images, masks = images.to(device), masks.to(device)
+        logits = predict_logits(
+            model, normalize(images), flip=spec.flip, scales=spec.scales, window=spec.window
+        )
+        scores = compute_scores(logits, names, sml_stats=sml_stats)
+        pixel_masks = pixel_masks_of(masks)
+        is_anomaly = masks == spec.anomaly_id
+        for pixels, name, metric in todo:
+            metric.update(scores[name], is_anomaly, pixel_masks[pixels])
 
 
 @torch.no_grad()

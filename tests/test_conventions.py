@@ -171,3 +171,99 @@ def test_published_numbers_name_their_convention_and_print_only_beside_the_same_
     assert "20.00" not in table  # the per-image number is never printed beside a pooled one
     assert table.splitlines()[-1].startswith("not measured under the published convention")
     assert "ood/msp/AUPR/pooled" in table.splitlines()[-1]
+
+
+# ---------------------------------------------------------------- binning that cannot drift silently
+
+
+def _cluster_case(n=120_000, seed=0):
+    """55 % of the pixels at 0, the rest at 1e4 +- 1e-2, anomalies 2e-2 higher: with the offset the
+    first batch picks (0), the whole cluster falls into one bin."""
+    g = np.random.default_rng(seed)
+    zero = g.random(n) < 0.55
+    anomaly = ~zero & (g.random(n) < 0.1)
+    scores = np.where(zero, 0.0, 1e4 + g.uniform(-1e-2, 1e-2, n) + 2e-2 * anomaly).astype(np.float32)
+    return scores, anomaly
+
+
+def test_cluster_case_per_image_is_ranked_exactly():
+    scores, anomaly = _cluster_case()
+    exact = exact_rank_metrics(scores, anomaly)
+    metric = PerImageAnomalyMetric()
+    metric.update(torch.from_numpy(scores).view(2, 300, 200), torch.from_numpy(anomaly).view(2, 300, 200))
+    out = metric.compute()
+    assert out["n_exact"] == 2
+    per_image = [
+        exact_rank_metrics(s, a) for s, a in zip(scores.reshape(2, -1), anomaly.reshape(2, -1), strict=True)
+    ]
+    for key in ("AUPR", "AUROC", "FPR95"):
+        assert out[key] == pytest.approx(np.mean([m[key] for m in per_image]), abs=1e-12)
+    assert exact["AUPR"] > 0.9  # what binning alone would miss (it gives about 0.18)
+
+
+def test_cluster_case_pooled_warns_then_resolves_exactly():
+    from lib.metrics import AnomalyMetric
+
+    scores, anomaly = _cluster_case()
+    exact = exact_rank_metrics(scores, anomaly)
+    metric = AnomalyMetric()
+    for part in np.array_split(np.arange(scores.size), 4):
+        metric.update(torch.from_numpy(scores[part]), torch.from_numpy(anomaly[part]))
+    with pytest.warns(RuntimeWarning, match="may be up to .* from the exact values"):
+        binned = metric.compute()
+    assert abs(binned["AUPR"] - exact["AUPR"]) > 0.5 and binned["tie_bound"] > 0.5  # the drift, said
+    assert metric.resolve_ties() >= 1
+    for part in np.array_split(np.arange(scores.size), 3):  # the same pixels, batched differently
+        metric.update(torch.from_numpy(scores[part]), torch.from_numpy(anomaly[part]))
+    resolved = metric.compute()
+    for key in ("AUPR", "AUROC", "FPR95"):
+        assert resolved[key] == pytest.approx(exact[key], abs=1e-12), key
+    for rules in ("smiyc", "pytorch-ood"):
+        expected = exact_rank_metrics(scores, anomaly, rules)
+        assert metric.compute(rules)["AUPR"] == pytest.approx(expected["AUPR"], abs=1e-12)
+
+
+def test_continuous_scores_need_no_second_pass():
+    from lib.metrics import AnomalyMetric
+
+    g = np.random.default_rng(3)
+    labels = g.random(200_000) < 0.05
+    scores = (g.normal(size=200_000) + 1.5 * labels).astype(np.float32)
+    metric = AnomalyMetric()
+    metric.update(torch.from_numpy(scores), torch.from_numpy(labels))
+    assert metric.tie_bound() <= 1e-3 and metric.resolve_ties() == 0
+    exact = exact_rank_metrics(scores, labels)
+    out = metric.compute()
+    assert all(abs(out[k] - exact[k]) <= 1e-3 for k in ("AUPR", "AUROC", "FPR95"))
+
+
+def test_evaluate_resolves_the_cluster_case_in_a_second_pass():
+    from lib.test import evaluate
+
+    scores, anomaly = _cluster_case(n=2 * 3 * 100 * 100)
+    scores, anomaly = torch.from_numpy(scores).view(6, 100, 100), torch.from_numpy(anomaly).view(6, 100, 100)
+
+    class Replay(torch.nn.Module):
+        """Logits whose max logit is minus the cluster scores, batch after batch, pass after pass."""
+
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, x):
+            i = self.calls % 3
+            self.calls += 1
+            logits = torch.zeros(2, 2, 100, 100)
+            logits[:, 0] = -scores[2 * i : 2 * i + 2] - 1e-3  # maxlogit = -max logit = score
+            logits[:, 1] = -scores[2 * i : 2 * i + 2]
+            return logits
+
+    images = torch.zeros(6, 3, 100, 100, dtype=torch.uint8)
+    masks = torch.where(anomaly, 2, 0)
+    batches = [(images[2 * i : 2 * i + 2], masks[2 * i : 2 * i + 2]) for i in range(3)]
+    with pytest.warns(RuntimeWarning, match="ranking those bins exactly in a second pass"):
+        result = evaluate(Replay(), batches, num_classes=2, class_names=("a", "b", "anomaly"), anomaly_id=2,
+                          score_names=("maxlogit",), device="cpu", progress=False)  # fmt: skip
+    exact = exact_rank_metrics(scores.numpy(), anomaly.numpy())
+    assert result.metrics["ood/maxlogit/AUPR/pooled"] == pytest.approx(100 * exact["AUPR"], abs=1e-9)
+    assert result.metrics["ood/maxlogit/AUROC/pooled"] == pytest.approx(100 * exact["AUROC"], abs=1e-9)

@@ -423,7 +423,7 @@ def _trapezoids(x: np.ndarray, y: np.ndarray) -> float:
 TIE_TOLERANCE = 1e-3
 
 
-def tie_bounds(tps: np.ndarray, fps: np.ndarray) -> dict[str, float]:
+def tie_bounds(tps: np.ndarray, fps: np.ndarray, pure: np.ndarray | None = None) -> dict[str, float]:
     """How far AUPR, AUROC and FPR95 of a binned curve may be from those of the exact scores.
 
     A bin is one threshold; inside it the exact scores may rank its anomaly and inlier pixels in any
@@ -442,6 +442,8 @@ def tie_bounds(tps: np.ndarray, fps: np.ndarray) -> dict[str, float]:
 
     Args:
         tps, fps: cumulative counts per bin from the highest bin down (both classes present).
+        pure: optional bool per bin: True where all the bin's scores are equal (its ties are the
+            exact ties, no error).
 
     Returns:
         ``{"AUPR", "AUROC", "FPR95"}`` bounds (fractions).
@@ -452,6 +454,8 @@ def tie_bounds(tps: np.ndarray, fps: np.ndarray) -> dict[str, float]:
     pos = np.diff(tps, prepend=0.0)
     neg = np.diff(fps, prepend=0.0)
     tp, fp = tps - pos, fps - neg  # above each bin
+    if pure is not None:  # an exact tie is no error: such a bin takes no part below
+        pos, neg = np.where(pure, 0.0, pos), np.where(pure, 0.0, neg)
     has_pos = pos > 0
     with np.errstate(divide="ignore", invalid="ignore"):
         best = np.where(has_pos, (tp + pos) / (tp + fp + pos), 0.0)
@@ -558,9 +562,15 @@ class AnomalyMetric:
         self._given_offset = None if offset is None else float(np.float32(offset)) + 0.0
         self.pos_hist = torch.zeros(1 << self.bits, dtype=torch.int64, device=self._device or "cpu")
         self.neg_hist = torch.zeros_like(self.pos_hist)
+        # Per bin, the sum and the sum of squares of the scores' positions inside the bin (the low
+        # 32 - bits bits of their key): they are equal for all of the bin's pixels exactly when
+        # count * squares == sum**2, i.e. when the bin's ties are real ties (`tie_bound`).
+        self.res_sum = torch.zeros_like(self.pos_hist)
+        self.res_sq = torch.zeros_like(self.pos_hist)
         self.offset_state = torch.zeros(3, dtype=torch.float64, device=self.pos_hist.device)
         self._set_offset(self._given_offset)
         self._refine: dict | None = None  # the exact second pass of `resolve_ties`
+        self._walked: tuple | None = None  # `_cumulative`'s last result, with the counts it read
 
     # ------------------------------------------------------------------ state
 
@@ -576,7 +586,13 @@ class AnomalyMetric:
         Summing each over processes (e.g. ``dist.all_reduce`` in place) merges the states, provided
         every process binned around the same offset (checked by ``update``, ``compute``, ``curves``).
         """
-        return {"pos_hist": self.pos_hist, "neg_hist": self.neg_hist, "offset_state": self.offset_state}
+        return {
+            "pos_hist": self.pos_hist,
+            "neg_hist": self.neg_hist,
+            "res_sum": self.res_sum,
+            "res_sq": self.res_sq,
+            "offset_state": self.offset_state,
+        }
 
     @property
     def offset(self) -> float | None:
@@ -607,8 +623,8 @@ class AnomalyMetric:
 
     def reset(self) -> None:
         """Forget every counted pixel and a chosen offset (the state stays on its device)."""
-        self.pos_hist.zero_()
-        self.neg_hist.zero_()
+        for hist in (self.pos_hist, self.neg_hist, self.res_sum, self.res_sq):
+            hist.zero_()
         self._set_offset(self._given_offset)
         self._refine = None
 
@@ -629,17 +645,16 @@ class AnomalyMetric:
             )
         if mine is None and theirs is not None:
             self._set_offset(theirs)
-        self.pos_hist += other.pos_hist.to(self.device)
-        self.neg_hist += other.neg_hist.to(self.device)
+        for name in ("pos_hist", "neg_hist", "res_sum", "res_sq"):
+            getattr(self, name).add_(getattr(other, name).to(self.device))
         return self
 
     def _place(self, device: torch.device) -> torch.device:
         if self._device is None:
             self._device = device
             if self.pos_hist.device != device:
-                self.pos_hist = self.pos_hist.to(device)
-                self.neg_hist = self.neg_hist.to(device)
-                self.offset_state = self.offset_state.to(device)
+                for name in ("pos_hist", "neg_hist", "res_sum", "res_sq", "offset_state"):
+                    setattr(self, name, getattr(self, name).to(device))
         return self.pos_hist.device
 
     # ------------------------------------------------------------------ update
@@ -680,9 +695,14 @@ class AnomalyMetric:
             self._add_fine(_shifted(raw, x, offset), label, keep)
             return
         # The one shifted float32 copy feeds both paths below, so CPU and GPU states are identical.
-        index = _score_index(_shifted(raw, x, offset), label, self.bits)  # bin * 2 + (1 if anomaly)
+        key = _score_index(_shifted(raw, x, offset), None, 32)  # the full order-preserving key
+        inside = (key & ((1 << (32 - self.bits)) - 1)).to(torch.float64)  # position inside the bin
+        key >>= 32 - self.bits
+        key += 1 << (self.bits - 1)
+        key <<= 1
+        index = key.add_(label)  # bin * 2 + (1 if anomaly)
         if index.device.type == "cpu":
-            self._add_span(index, keep)
+            self._add_span(index, keep, inside)
             return
         if keep is not None:
             # Uncounted pixels go to one extra bin that is dropped: no boolean indexing.
@@ -690,8 +710,11 @@ class AnomalyMetric:
         counts = torch.bincount(index, minlength=2 * n_bins + 1)[: 2 * n_bins].view(n_bins, 2)
         self.neg_hist += counts[:, 0]
         self.pos_hist += counts[:, 1]
+        index >>= 1
+        for hist, weights in ((self.res_sum, inside), (self.res_sq, inside * inside)):
+            hist += torch.bincount(index, weights=weights, minlength=n_bins + 1)[:n_bins].to(torch.int64)
 
-    def _add_span(self, index: torch.Tensor, keep: torch.Tensor | None) -> None:
+    def _add_span(self, index: torch.Tensor, keep: torch.Tensor | None, inside: torch.Tensor) -> None:
         """CPU path: count only the span of bins this batch touches (scores of one image usually
         fill a few thousand of the 2**bits bins), so no histogram-sized array is allocated, zeroed
         and added per update. (On a GPU the full-size bincount is cheap and reading the span
@@ -700,8 +723,14 @@ class AnomalyMetric:
         if span is None:
             return
         first, counts = span
-        self.neg_hist[first : first + counts.shape[0]] += counts[:, 0]
-        self.pos_hist[first : first + counts.shape[0]] += counts[:, 1]
+        n = counts.shape[0]
+        self.neg_hist[first : first + n] += counts[:, 0]
+        self.pos_hist[first : first + n] += counts[:, 1]
+        index >>= 1  # the bin inside the span (uncounted pixels: one past it)
+        for hist, weights in ((self.res_sum, inside), (self.res_sq, inside * inside)):
+            hist[first : first + n] += torch.bincount(index, weights=weights, minlength=n + 1)[:n].to(
+                torch.int64
+            )
 
     # ------------------------------------------------------------------ tied bins
 
@@ -710,10 +739,18 @@ class AnomalyMetric:
         what is left after `resolve_ties`); 0.0 without both classes."""
         if self._refine is not None:
             return self._refine["bound_left"]
-        _, tps, fps = self._cumulative()
+        bins, tps, fps = self._cumulative()
         if not tps.size or tps[-1] == 0 or fps[-1] == 0:
             return 0.0
-        return max(tie_bounds(tps, fps).values())
+        return max(tie_bounds(tps, fps, self._pure(bins)).values())
+
+    def _pure(self, bins: np.ndarray) -> np.ndarray:
+        """Whether every pixel of each bin has the same score (float32 key): count * squares == sum**2."""
+        count = (self.pos_hist + self.neg_hist).detach().cpu().numpy()[bins]
+        total = self.res_sum.detach().cpu().numpy()[bins]
+        squares = self.res_sq.detach().cpu().numpy()[bins]
+        mean = total // np.maximum(count, 1)  # < 2**(32 - bits): mean * mean * count fits int64
+        return (mean * count == total) & (mean * mean * count == squares)
 
     def resolve_ties(self, tolerance: float = TIE_TOLERANCE, max_keys: int = 1 << 24) -> int:
         """Start a second pass that ranks exactly the pixels of the bins whose ties matter.
@@ -729,18 +766,22 @@ class AnomalyMetric:
         Returns:
             The number of bins to resolve (0: nothing to do, no second pass needed).
         """
-        pos = self.pos_hist.detach().cpu().numpy()
-        neg = self.neg_hist.detach().cpu().numpy()
-        bins = np.flatnonzero(pos + neg)[::-1]
-        tps, fps = np.cumsum(pos[bins]), np.cumsum(neg[bins])
-        if not tps.size or tps[-1] == 0 or fps[-1] == 0 or max(tie_bounds(tps, fps).values()) <= tolerance:
+        bins, tps, fps = self._cumulative()
+        pure = self._pure(bins)
+        if (
+            not tps.size
+            or tps[-1] == 0
+            or fps[-1] == 0
+            or max(tie_bounds(tps, fps, pure).values()) <= tolerance
+        ):
             return 0
         n_pos, n_neg = float(tps[-1]), float(fps[-1])
-        p, n = pos[bins].astype(np.float64), neg[bins].astype(np.float64)
+        p, n = np.diff(tps, prepend=0).astype(np.float64), np.diff(fps, prepend=0).astype(np.float64)
         tp, fp = tps - p, fps - n
         with np.errstate(divide="ignore", invalid="ignore"):
             aupr = np.where(p > 0, p / n_pos * ((tp + p) / (tp + fp + p) - (tp + 1) / (tp + fp + n + 1)), 0.0)
         weight = aupr + p * n / (2 * n_pos * n_neg) + n / n_neg * ((p > 0) & (n > 0))  # FPR95: any mixed bin
+        weight[pure] = 0.0  # real ties: exact already
         order = np.argsort(-weight, kind="stable")
         left = np.cumsum(weight[order][::-1])[::-1]  # what stays tied if bins order[:k] are resolved
         k = int(np.searchsorted(-left, -tolerance / 2)) if left.size else 0
@@ -801,11 +842,19 @@ class AnomalyMetric:
     # ------------------------------------------------------------------ compute
 
     def _cumulative(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(bins, tps, fps) at each non-empty bin, from the highest score down (int64 numpy)."""
+        """(bins, tps, fps) at each non-empty bin, from the highest score down (int64 numpy).
+
+        Kept until the counts change (their totals and the counted pixels' keys are checked), so
+        `tie_bound`, `compute` under several rule sets and `curves` walk the histograms once."""
         pos = self.pos_hist.detach().cpu().numpy()
         neg = self.neg_hist.detach().cpu().numpy()
+        stamp = (int(pos.sum()), int(neg.sum()), int(self.res_sum.sum()), int(self.res_sq.sum()))
+        if self._walked is not None and self._walked[0] == stamp:
+            return self._walked[1]
         bins = np.flatnonzero(pos + neg)[::-1]
-        return bins, np.cumsum(pos[bins]), np.cumsum(neg[bins])
+        walked = bins, np.cumsum(pos[bins]), np.cumsum(neg[bins])
+        self._walked = (stamp, walked)
+        return walked
 
     def compute(self, rules: str = "anomaly-seg") -> dict:
         """``{"AUPR", "AUROC", "FPR95"}`` as floats in [0, 1], ``"protocol": "pooled"``, ``n_pos``, ``n_neg``.

@@ -21,6 +21,7 @@ import torch
 from lib.config import ALL_SCORES, SCORES
 
 PANS_SCALE = 10.0
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 class NonFiniteLogitsError(ValueError):
@@ -98,12 +99,12 @@ def compute_scores(
     z_max = z.amax(dim=1, keepdim=True)
     if check_finite:
         _check_finite_max(z_max, logits)
-    gap = z_max - z  # >= 0, exactly 0 at the maximal class(es); +inf for -inf logits or a float32 overflow
-    is_max = gap == 0
+    d = z - z_max  # <= 0, exactly 0 at the maximal class(es); -inf for -inf logits or a float32 overflow
+    is_max = d == 0
     # Mass of the non-maximal classes relative to the maximal one, summed without the maximal
     # class's 1 (so 1 + tiny - 1 never happens): for a confident pixel it is ~1e-9 and must not
     # round to zero. Ties for the maximum add their exact 1s back.
-    e = torch.exp(gap.neg()).masked_fill_(is_max, 0.0)
+    e = torch.exp(d).masked_fill_(is_max, 0.0)
     rest = e.sum(dim=1) + (is_max.sum(dim=1) - 1)
     log1p_rest = torch.log1p(rest)  # = logsumexp(z) - max(z) = -log(max softmax)
     z_max = z_max.squeeze(1)
@@ -114,11 +115,10 @@ def compute_scores(
         out["maxlogit"] = -z_max
     if "entropy" in names:
         # H = sum_c p_c (max(z) - z_c) + log(1 + rest): two non-negative terms, no cancellation;
-        # the maximal classes contribute 0 to the first, so the masked e serves.
-        # Where e underflowed to 0 its term is 0, also when the gap is +inf (0 * inf would be NaN).
-        underflow = e == 0
-        weighted = e.mul_(gap).masked_fill_(underflow, 0.0)
-        out["entropy"] = weighted.sum(dim=1) / (1.0 + rest) + log1p_rest
+        # the maximal classes contribute 0 to the first, so the masked e serves. A -inf gap becomes
+        # the most negative float: its e is 0, so its term is 0 (0 * inf would be NaN).
+        d.clamp_(min=-_FLOAT32_MAX)
+        out["entropy"] = e.mul_(d).sum(dim=1).neg_() / (1.0 + rest) + log1p_rest
     if "energy" in names or "abet" in names:
         out["energy"] = out["abet"] = -(z_max + log1p_rest)
     if "sml" in names:

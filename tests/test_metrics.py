@@ -416,7 +416,7 @@ def test_anomaly_state_size_constant():
         return sum(t.numel() * t.element_size() for t in metric.state_tensors.values())
 
     before = state_bytes()
-    assert before == 2 * 2**16 * 8 + 3 * 8  # two int64 histograms, the float64 offset_state
+    assert before == 4 * 2**16 * 8 + 3 * 8  # four int64 histograms (counts, in-bin sums), the offset_state
     g = torch.Generator().manual_seed(6)
     for _ in range(50):
         metric.update(torch.randn(10_000, generator=g), torch.rand(10_000, generator=g) < 0.1)

@@ -417,6 +417,42 @@ def _trapezoids(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.sum(np.diff(x) * (y[1:] + y[:-1])) / 2.0)
 
 
+def _bin_counts(keys: np.ndarray, bits: int) -> tuple[np.ndarray, ...]:
+    """Per non-empty bin of sorted image keys, ascending: (bin, anomaly count, inlier count, sum and
+    sum of squares of the scores' positions inside the bin)."""
+    shift = 32 - bits
+    fine = keys >> 1
+    label = keys & 1
+    bins = fine >> shift
+    starts = np.concatenate(([0], np.flatnonzero(bins[1:] != bins[:-1]) + 1))
+    count = np.diff(np.append(starts, keys.size))
+    pos = np.add.reduceat(label, starts)
+    inside = fine & ((1 << shift) - 1)
+    return (
+        bins[starts],
+        pos,
+        count - pos,
+        np.add.reduceat(inside, starts),
+        np.add.reduceat(inside * inside, starts),
+    )
+
+
+def _value_curve(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact (tps, fps) of sorted image keys: one threshold per distinct float32 score, highest first."""
+    fine = keys >> 1
+    starts = np.concatenate(([0], np.flatnonzero(fine[1:] != fine[:-1]) + 1))
+    count = np.diff(np.append(starts, keys.size))
+    pos = np.add.reduceat(keys & 1, starts)
+    return np.cumsum(pos[::-1]), np.cumsum((count - pos)[::-1])
+
+
+def _pure_bins(count: np.ndarray, inside: np.ndarray, squares: np.ndarray) -> np.ndarray:
+    """True for the bins whose pixels all have one score: the positions inside the bin have
+    ``count * squares == sum**2``, tested without overflow through their integer mean."""
+    mean = inside // np.maximum(count, 1)  # < 2**(32 - bits)
+    return (mean * count == inside) & (mean * mean * count == squares)
+
+
 #: The most a binned AUPR, AUROC or FPR95 may differ from the exact value before the metrics say
 #: so (`tie_bounds`): per image the image is then ranked exactly; pooled, `AnomalyMetric.compute`
 #: warns and `lib.test.evaluate` resolves the bins that tie in a second, exact pass.
@@ -686,10 +722,7 @@ class AnomalyMetric:
         label = label.to(torch.int32) if label.dtype == torch.bool else (label != 0).to(torch.int32)
         keep = None if valid is None else valid.detach().reshape(-1).to(device=device, dtype=torch.bool)
         check_no_nan(x, keep)
-        offset = self._checked_offset()
-        if offset is None:
-            offset = _choose_offset(x, keep)
-            self._set_offset(offset)
+        offset = self._offset_for(x, keep)
         n_bins = 1 << self.bits
         if self._refine is not None:
             self._add_fine(_shifted(raw, x, offset), label, keep)
@@ -713,6 +746,26 @@ class AnomalyMetric:
         index >>= 1
         for hist, weights in ((self.res_sum, inside), (self.res_sq, inside * inside)):
             hist += torch.bincount(index, weights=weights, minlength=n_bins + 1)[:n_bins].to(torch.int64)
+
+    def _offset_for(self, x: torch.Tensor, keep: torch.Tensor | None) -> float | None:
+        """The offset to bin these float32 scores around: the metric's, chosen from them if it has none."""
+        offset = self._checked_offset()
+        if offset is None:
+            offset = _choose_offset(x, keep)
+            self._set_offset(offset)
+        return offset
+
+    def _add_bins(
+        self, bins: np.ndarray, pos: np.ndarray, neg: np.ndarray, inside: np.ndarray, squares: np.ndarray
+    ) -> None:
+        """Add per-bin counts and in-bin sums (`_bin_counts`, bins may repeat) to the state."""
+        index = torch.from_numpy(bins).to(self.device)
+        for hist, values in zip(
+            (self.pos_hist, self.neg_hist, self.res_sum, self.res_sq),
+            (pos, neg, inside, squares),
+            strict=True,
+        ):
+            hist.index_add_(0, index, torch.from_numpy(values).to(self.device))
 
     def _add_span(self, index: torch.Tensor, keep: torch.Tensor | None, inside: torch.Tensor) -> None:
         """CPU path: count only the span of bins this batch touches (scores of one image usually
@@ -742,15 +795,17 @@ class AnomalyMetric:
         bins, tps, fps = self._cumulative()
         if not tps.size or tps[-1] == 0 or fps[-1] == 0:
             return 0.0
-        return max(tie_bounds(tps, fps, self._pure(bins)).values())
+        memo = self._walked[2]  # kept with the walk it was computed from
+        if "tie_bound" not in memo:
+            memo["tie_bound"] = max(tie_bounds(tps, fps, self._pure(bins)).values())
+        return memo["tie_bound"]
 
     def _pure(self, bins: np.ndarray) -> np.ndarray:
         """Whether every pixel of each bin has the same score (float32 key): count * squares == sum**2."""
         count = (self.pos_hist + self.neg_hist).detach().cpu().numpy()[bins]
         total = self.res_sum.detach().cpu().numpy()[bins]
         squares = self.res_sq.detach().cpu().numpy()[bins]
-        mean = total // np.maximum(count, 1)  # < 2**(32 - bits): mean * mean * count fits int64
-        return (mean * count == total) & (mean * mean * count == squares)
+        return _pure_bins(count, total, squares)
 
     def resolve_ties(self, tolerance: float = TIE_TOLERANCE, max_keys: int = 1 << 24) -> int:
         """Start a second pass that ranks exactly the pixels of the bins whose ties matter.
@@ -848,12 +903,12 @@ class AnomalyMetric:
         `tie_bound`, `compute` under several rule sets and `curves` walk the histograms once."""
         pos = self.pos_hist.detach().cpu().numpy()
         neg = self.neg_hist.detach().cpu().numpy()
-        stamp = (int(pos.sum()), int(neg.sum()), int(self.res_sum.sum()), int(self.res_sq.sum()))
+        stamp = (int(pos.sum()), int(neg.sum()))
         if self._walked is not None and self._walked[0] == stamp:
             return self._walked[1]
-        bins = np.flatnonzero(pos + neg)[::-1]
+        bins = np.flatnonzero(pos | neg)[::-1]  # counts are >= 0: nonzero together iff either is
         walked = bins, np.cumsum(pos[bins]), np.cumsum(neg[bins])
-        self._walked = (stamp, walked)
+        self._walked = (stamp, walked, {})
         return walked
 
     def compute(self, rules: str = "anomaly-seg") -> dict:
@@ -942,9 +997,9 @@ class PerImageAnomalyMetric:
     """AUPR, AUROC and FPR95 per image, averaged over images (the official anomaly-seg protocol).
 
     Each image's metrics come from its counted pixels, by default from the same order-preserving
-    bins as `AnomalyMetric` (``bits``), counted with one sort of the integer bin keys. Each image is
-    binned around its own offset, chosen from its finite counted scores by `AnomalyMetric`'s rule, so
-    scores closer than ``2**-(bits - 9) * |score - offset|`` are tied. Binning never drifts: when
+    bins as `AnomalyMetric` (``bits``, an offset chosen by the first update by its rule, or the
+    pooled metric's when ``update`` feeds one too), counted with one sort of each image's integer
+    keys, so scores closer than ``2**-(bits - 9) * |score - offset|`` are tied. Binning never drifts: when
     `tie_bounds` says an image's binned AUPR, AUROC or FPR95 may be more than `TIE_TOLERANCE` from its
     exact value (e.g. a cluster of scores far from the offset inside one bin), that image is ranked
     exactly (`exact_curve`) and counted in ``n_exact``. ``exact=True`` ranks every image exactly,
@@ -972,6 +1027,7 @@ class PerImageAnomalyMetric:
         self.exact = bool(exact)
         self.bits = int(bits)
         self.state = torch.zeros(3 * len(self.rules) + 3, dtype=torch.float64, device=device or "cpu")
+        self._offset: float | None = None  # chosen by the first update, as `AnomalyMetric`'s
 
     @property
     def state_tensors(self) -> dict[str, torch.Tensor]:
@@ -985,13 +1041,19 @@ class PerImageAnomalyMetric:
 
     def reset(self) -> None:
         self.state.zero_()
+        self._offset = None
 
     def merge(self, other: PerImageAnomalyMetric) -> PerImageAnomalyMetric:
         self.state += other.state.to(self.state.device)
         return self
 
     def update(
-        self, scores: torch.Tensor, is_anomaly: torch.Tensor, valid: torch.Tensor | None = None
+        self,
+        scores: torch.Tensor,
+        is_anomaly: torch.Tensor,
+        valid: torch.Tensor | None = None,
+        *,
+        pooled: AnomalyMetric | None = None,
     ) -> None:
         """Count a batch of images.
 
@@ -999,22 +1061,70 @@ class PerImageAnomalyMetric:
             scores: higher = more anomalous. Shape (B, H, W) (any shape whose first dim is the image).
             is_anomaly: bool, same shape. valid: optional bool, same shape (pixels to count).
                 Both are moved to the device of ``scores``; the state stays on its own device.
+            pooled: also count these pixels into this pooled metric (its bins and offset): one sort
+                of each image's keys serves both, instead of one pass each (not with ``exact``).
         """
         if scores.shape != is_anomaly.shape or (valid is not None and valid.shape != scores.shape):
             raise ValueError("scores, is_anomaly and valid must have the same shape (B, H, W)")
-        # Sums of this batch in Python floats, added to the state once, as a tensor on the state's
-        # device (the state may live on a GPU, the per-image metrics are computed on the host).
+        n_images = scores.shape[0]
+        if n_images == 0:
+            return
+        flat = scores.detach().reshape(n_images, -1)
+        y = is_anomaly.detach().reshape(n_images, -1).to(flat.device).bool()
+        keep = None if valid is None else valid.detach().reshape(n_images, -1).to(flat.device).bool()
+        for i in range(n_images):
+            check_no_nan(flat[i], None if keep is None else keep[i], f" (image {i} of the batch)")
+        if self.exact:
+            if pooled is not None:
+                pooled.update(scores, is_anomaly, valid)
+            curves = [self._exact(flat[i], y[i], None if keep is None else keep[i]) for i in range(n_images)]
+            self._add_curves(curves, ranked_exactly=0)
+            return
+        if pooled is not None and pooled.bits != self.bits:
+            raise ValueError(
+                f"a pooled metric with bits={pooled.bits} cannot share the bins of bits={self.bits}"
+            )
+        x = flat.reshape(-1).to(torch.float32)
+        keep_all = None if keep is None else keep.reshape(-1)
+        if pooled is not None:
+            pooled._place(flat.device)
+            offset = pooled._offset_for(x, keep_all)
+        else:
+            if self._offset is None:
+                self._offset = _choose_offset(x, keep_all)
+            offset = self._offset
+        # One int64 key per pixel, (float32 key + 2**31) * 2 + label: sorting an image's keys orders
+        # its scores exactly and groups them by bin at the same time.
+        keys = (_full_keys(_shifted(flat.reshape(-1), x, offset)) << 1) | y.reshape(-1)
+        keys = keys.view(n_images, -1).cpu().numpy()
+        kept = None if keep is None else keep.cpu().numpy()
+        curves, parts, ranked_exactly = [], [], 0
+        for i in range(n_images):
+            image = np.sort(keys[i] if kept is None else keys[i][kept[i]])
+            if image.size == 0:
+                curves.append(None)
+                continue
+            bins, pos, neg, inside, squares = _bin_counts(image, self.bits)
+            if pooled is not None:
+                parts.append((bins, pos, neg, inside, squares))
+            n_pos = int(pos.sum())
+            if n_pos == 0 or n_pos == image.size:
+                curves.append(None)
+                continue
+            curve = np.cumsum(pos[::-1]), np.cumsum(neg[::-1])
+            if max(tie_bounds(*curve, _pure_bins(pos + neg, inside, squares)[::-1]).values()) > TIE_TOLERANCE:
+                curve = _value_curve(image)  # the bins tie what matters in this image: rank it exactly
+                ranked_exactly += 1
+            curves.append(curve)
+        if parts:
+            pooled._add_bins(*(np.concatenate(column) for column in zip(*parts, strict=True)))
+        self._add_curves(curves, ranked_exactly)
+
+    def _add_curves(self, curves: list, ranked_exactly: int) -> None:
+        """Add each image's metrics (None: skipped) to the state, once, on the state's device."""
         n_sums = 3 * len(self.rules)
         sums = [0.0] * (n_sums + 3)  # AUPR, AUROC, FPR95 per rules, images averaged, skipped, ranked exactly
-        for i in range(scores.shape[0]):
-            raw = scores[i].detach().reshape(-1)
-            y = is_anomaly[i].detach().reshape(-1).to(raw.device).bool()
-            keep = None if valid is None else valid[i].detach().reshape(-1).to(raw.device).bool()
-            check_no_nan(raw, keep, f" (image {i} of the batch)")
-            curve = self._exact(raw, y, keep) if self.exact else self._binned(raw, raw.float(), y, keep)
-            if curve is not None and not self.exact and max(tie_bounds(*curve).values()) > TIE_TOLERANCE:
-                curve = self._exact(raw, y, keep)  # the bins tie what matters in this image: rank it exactly
-                sums[n_sums + 2] += 1.0
+        for curve in curves:
             if curve is None:
                 sums[n_sums + 1] += 1.0
                 continue
@@ -1023,36 +1133,16 @@ class PerImageAnomalyMetric:
                 for k, key in enumerate(("AUPR", "AUROC", "FPR95")):
                     sums[3 * r + k] += m[key]
             sums[n_sums] += 1.0
-        if scores.shape[0]:
-            self.state += torch.tensor(sums, dtype=torch.float64, device=self.state.device)
+        sums[n_sums + 2] = float(ranked_exactly)
+        self.state += torch.tensor(sums, dtype=torch.float64, device=self.state.device)
 
-    def _exact(self, s: torch.Tensor, y: torch.Tensor, keep: torch.Tensor | None) -> dict | None:
+    def _exact(self, s: torch.Tensor, y: torch.Tensor, keep: torch.Tensor | None) -> tuple | None:
         if keep is not None:
             s, y = s[keep], y[keep]
         n_pos = int(y.sum())
         if n_pos == 0 or n_pos == y.numel():
             return None
         return exact_curve(s.cpu().numpy(), y.cpu().numpy())
-
-    def _binned(
-        self, raw: torch.Tensor, s: torch.Tensor, y: torch.Tensor, keep: torch.Tensor | None
-    ) -> dict | None:
-        shifted = _shifted(raw, s, _choose_offset(s, keep))  # bins resolve the image's spread, not its level
-        index = _score_index(shifted, y.to(torch.int32), self.bits)  # bin * 2 + label
-        if keep is not None:
-            index = index[keep]
-        # One sort of the int32 keys (a radix sort: far cheaper than sorting the floats); the
-        # keys of an image may span most of the 2**bits bins (scores on both sides of 0).
-        keys, counts = torch.unique(index, return_counts=True)
-        keys, counts = keys.cpu().numpy()[::-1], counts.cpu().numpy()[::-1]  # highest first
-        is_pos = (keys & 1).astype(bool)
-        if is_pos.all() or not is_pos.any():
-            return None
-        bins = keys >> 1
-        group = np.cumsum(np.r_[True, bins[1:] != bins[:-1]]) - 1  # one threshold per bin
-        pos = np.bincount(group, weights=counts * is_pos).astype(np.int64)
-        neg = np.bincount(group, weights=counts * ~is_pos).astype(np.int64)
-        return np.cumsum(pos), np.cumsum(neg)
 
     def compute(self, rules: str | None = None) -> dict:
         """Means over the averaged images (NaN with a warning when there are none), under ``rules``

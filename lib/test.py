@@ -388,9 +388,13 @@ def evaluate(
                 error.image,
                 error.pixel,
             ) from None
-        for (pixels, _), by_score in states.items():
+        for (pixels, aggregation), by_score in states.items():
+            if aggregation == "pooled" and (pixels, "per-image") in states:
+                continue  # the per-image update below counts these pixels into it too: one sort
+            pooled = states.get((pixels, "pooled")) if aggregation == "per-image" else None
             for name, score in scores.items():
-                by_score[name].update(score, is_anomaly, pixel_masks[pixels])
+                extra = {"pooled": pooled[name]} if pooled else {}
+                by_score[name].update(score, is_anomaly, pixel_masks[pixels], **extra)
         for name, store in stores.items():
             store.append(scores[name], torch.where(non_void, is_anomaly.to(torch.uint8), 255))
         for i in range(min(keep_examples - len(examples), images.shape[0])):

@@ -267,3 +267,27 @@ def test_evaluate_resolves_the_cluster_case_in_a_second_pass():
     exact = exact_rank_metrics(scores.numpy(), anomaly.numpy())
     assert result.metrics["ood/maxlogit/AUPR/pooled"] == pytest.approx(100 * exact["AUPR"], abs=1e-9)
     assert result.metrics["ood/maxlogit/AUROC/pooled"] == pytest.approx(100 * exact["AUROC"], abs=1e-9)
+
+
+@pytest.mark.parametrize("with_valid", [False, True])
+def test_pooled_counts_fed_by_the_per_image_pass_equal_its_own(with_valid):
+    from lib.metrics import AnomalyMetric
+
+    g = torch.Generator().manual_seed(5)
+    batches = []
+    for _ in range(3):
+        scores = torch.randn(2, 40, 50, generator=g) * 3 + 100.0
+        scores[:, :5] = 0.0  # real ties
+        labels = torch.rand(2, 40, 50, generator=g) < 0.1
+        valid = (torch.rand(2, 40, 50, generator=g) < 0.9) if with_valid else None
+        batches.append((scores, labels, valid))
+    alone, shared = AnomalyMetric(), AnomalyMetric()
+    per_image, per_image_alone = PerImageAnomalyMetric(), PerImageAnomalyMetric()
+    for scores, labels, valid in batches:
+        alone.update(scores, labels, valid)
+        per_image.update(scores, labels, valid, pooled=shared)
+        per_image_alone.update(scores, labels, valid)
+    assert alone.offset == shared.offset
+    for name, tensor in alone.state_tensors.items():
+        assert torch.equal(tensor, shared.state_tensors[name]), name
+    assert per_image.compute() == per_image_alone.compute()  # the same first-batch offset either way

@@ -417,33 +417,36 @@ def _trapezoids(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.sum(np.diff(x) * (y[1:] + y[:-1])) / 2.0)
 
 
-def _bin_counts(keys: np.ndarray, bits: int) -> tuple[np.ndarray, ...]:
-    """Per non-empty bin of sorted image keys, ascending: (bin, anomaly count, inlier count, sum and
-    sum of squares of the scores' positions inside the bin)."""
-    shift = 32 - bits
-    fine = keys >> 1
-    label = keys & 1
-    bins = fine >> shift
-    starts = np.concatenate(([0], np.flatnonzero(bins[1:] != bins[:-1]) + 1))
-    count = np.diff(np.append(starts, keys.size))
-    pos = np.add.reduceat(label, starts)
-    inside = fine & ((1 << shift) - 1)
-    return (
-        bins[starts],
-        pos,
-        count - pos,
-        np.add.reduceat(inside, starts),
-        np.add.reduceat(inside * inside, starts),
-    )
+def _span_state(
+    shifted: torch.Tensor, label: torch.Tensor, keep: torch.Tensor | None, bits: int
+) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Counts and in-bin sums of a group of pixels over the span of bins they touch.
 
+    Args:
+        shifted: float32 scores minus the offset. label: int32 0/1. keep: optional bool. Shape (N,).
 
-def _value_curve(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Exact (tps, fps) of sorted image keys: one threshold per distinct float32 score, highest first."""
-    fine = keys >> 1
-    starts = np.concatenate(([0], np.flatnonzero(fine[1:] != fine[:-1]) + 1))
-    count = np.diff(np.append(starts, keys.size))
-    pos = np.add.reduceat(keys & 1, starts)
-    return np.cumsum(pos[::-1]), np.cumsum((count - pos)[::-1])
+    Returns:
+        (first bin, counts of Shape (n, 2) int64 as [inlier, anomaly], the sum and the sum of squares
+        of the scores' positions inside their bin (the low ``32 - bits`` bits of the key), Shape (n,)
+        int64 each), or None when no pixel is counted.
+    """
+    key = _score_index(shifted, None, 32)  # the full order-preserving key
+    inside = (key & ((1 << (32 - bits)) - 1)).to(torch.float64)
+    key >>= 32 - bits
+    key += 1 << (bits - 1)
+    key <<= 1
+    index = key.add_(label)  # bin * 2 + (1 if anomaly)
+    span = _span_counts(index, keep)
+    if span is None:
+        return None
+    first, counts = span
+    n = counts.shape[0]
+    index >>= 1  # the bin inside the span (uncounted pixels: one past it)
+    sums = [
+        torch.bincount(index, weights=w, minlength=n + 1)[:n].to(torch.int64)
+        for w in (inside, inside * inside)
+    ]
+    return first, counts, sums[0], sums[1]
 
 
 def _pure_bins(count: np.ndarray, inside: np.ndarray, squares: np.ndarray) -> np.ndarray:
@@ -727,16 +730,21 @@ class AnomalyMetric:
         if self._refine is not None:
             self._add_fine(_shifted(raw, x, offset), label, keep)
             return
-        # The one shifted float32 copy feeds both paths below, so CPU and GPU states are identical.
-        key = _score_index(_shifted(raw, x, offset), None, 32)  # the full order-preserving key
+        shifted = _shifted(raw, x, offset)
+        if shifted.device.type == "cpu":
+            # Count only the span of bins this batch touches (scores of one image usually fill a few
+            # thousand of the 2**bits bins): no histogram-sized array per update. (On a GPU the
+            # full-size bincount below is cheap, and reading the span would cost a synchronisation.)
+            span = _span_state(shifted, label, keep, self.bits)
+            if span is not None:
+                self._add_state(*span)
+            return
+        key = _score_index(shifted, None, 32)  # the full order-preserving key
         inside = (key & ((1 << (32 - self.bits)) - 1)).to(torch.float64)  # position inside the bin
         key >>= 32 - self.bits
         key += 1 << (self.bits - 1)
         key <<= 1
         index = key.add_(label)  # bin * 2 + (1 if anomaly)
-        if index.device.type == "cpu":
-            self._add_span(index, keep, inside)
-            return
         if keep is not None:
             # Uncounted pixels go to one extra bin that is dropped: no boolean indexing.
             index.masked_fill_(~keep, 2 * n_bins)
@@ -755,35 +763,15 @@ class AnomalyMetric:
             self._set_offset(offset)
         return offset
 
-    def _add_bins(
-        self, bins: np.ndarray, pos: np.ndarray, neg: np.ndarray, inside: np.ndarray, squares: np.ndarray
+    def _add_state(
+        self, first: int, counts: torch.Tensor, inside: torch.Tensor, squares: torch.Tensor
     ) -> None:
-        """Add per-bin counts and in-bin sums (`_bin_counts`, bins may repeat) to the state."""
-        index = torch.from_numpy(bins).to(self.device)
-        for hist, values in zip(
-            (self.pos_hist, self.neg_hist, self.res_sum, self.res_sq),
-            (pos, neg, inside, squares),
-            strict=True,
-        ):
-            hist.index_add_(0, index, torch.from_numpy(values).to(self.device))
-
-    def _add_span(self, index: torch.Tensor, keep: torch.Tensor | None, inside: torch.Tensor) -> None:
-        """CPU path: count only the span of bins this batch touches (scores of one image usually
-        fill a few thousand of the 2**bits bins), so no histogram-sized array is allocated, zeroed
-        and added per update. (On a GPU the full-size bincount is cheap and reading the span
-        would cost a synchronisation.)"""
-        span = _span_counts(index, keep)
-        if span is None:
-            return
-        first, counts = span
-        n = counts.shape[0]
-        self.neg_hist[first : first + n] += counts[:, 0]
-        self.pos_hist[first : first + n] += counts[:, 1]
-        index >>= 1  # the bin inside the span (uncounted pixels: one past it)
-        for hist, weights in ((self.res_sum, inside), (self.res_sq, inside * inside)):
-            hist[first : first + n] += torch.bincount(index, weights=weights, minlength=n + 1)[:n].to(
-                torch.int64
-            )
+        """Add `_span_state`'s counts and in-bin sums, bins ``first`` onwards, to the state."""
+        end = first + counts.shape[0]
+        self.neg_hist[first:end] += counts[:, 0].to(self.device)
+        self.pos_hist[first:end] += counts[:, 1].to(self.device)
+        self.res_sum[first:end] += inside.to(self.device)
+        self.res_sq[first:end] += squares.to(self.device)
 
     # ------------------------------------------------------------------ tied bins
 
@@ -1093,31 +1081,29 @@ class PerImageAnomalyMetric:
             if self._offset is None:
                 self._offset = _choose_offset(x, keep_all)
             offset = self._offset
-        # One int64 key per pixel, (float32 key + 2**31) * 2 + label: sorting an image's keys orders
-        # its scores exactly and groups them by bin at the same time.
-        keys = (_full_keys(_shifted(flat.reshape(-1), x, offset)) << 1) | y.reshape(-1)
-        keys = keys.view(n_images, -1).cpu().numpy()
-        kept = None if keep is None else keep.cpu().numpy()
-        curves, parts, ranked_exactly = [], [], 0
+        shifted = _shifted(flat.reshape(-1), x, offset).view(n_images, -1)
+        labels = y.to(torch.int32)
+        curves, ranked_exactly = [], 0
         for i in range(n_images):
-            image = np.sort(keys[i] if kept is None else keys[i][kept[i]])
-            if image.size == 0:
+            image_keep = None if keep is None else keep[i]
+            span = _span_state(shifted[i], labels[i], image_keep, self.bits)
+            if span is None:  # no counted pixel
                 curves.append(None)
                 continue
-            bins, pos, neg, inside, squares = _bin_counts(image, self.bits)
             if pooled is not None:
-                parts.append((bins, pos, neg, inside, squares))
-            n_pos = int(pos.sum())
-            if n_pos == 0 or n_pos == image.size:
+                pooled._add_state(*span)
+            counts = span[1].cpu().numpy()
+            nonzero = np.flatnonzero(counts[:, 0] | counts[:, 1])[::-1]  # highest bin first
+            pos, neg = counts[nonzero, 1], counts[nonzero, 0]
+            if not pos.any() or not neg.any():
                 curves.append(None)
                 continue
-            curve = np.cumsum(pos[::-1]), np.cumsum(neg[::-1])
-            if max(tie_bounds(*curve, _pure_bins(pos + neg, inside, squares)[::-1]).values()) > TIE_TOLERANCE:
-                curve = _value_curve(image)  # the bins tie what matters in this image: rank it exactly
+            curve = np.cumsum(pos), np.cumsum(neg)
+            pure = _pure_bins(pos + neg, span[2].cpu().numpy()[nonzero], span[3].cpu().numpy()[nonzero])
+            if max(tie_bounds(*curve, pure).values()) > TIE_TOLERANCE:
+                curve = self._exact(flat[i], y[i], image_keep)  # the bins tie what matters: rank exactly
                 ranked_exactly += 1
             curves.append(curve)
-        if parts:
-            pooled._add_bins(*(np.concatenate(column) for column in zip(*parts, strict=True)))
         self._add_curves(curves, ranked_exactly)
 
     def _add_curves(self, curves: list, ranked_exactly: int) -> None:

@@ -70,6 +70,15 @@ def check_no_nan(
         )
 
 
+def _zeros(n: int, device: torch.device | None) -> torch.Tensor:
+    """An int64 zero vector. On the CPU from numpy's calloc: the OS hands out zero pages as they
+    are first touched, so four 8 MiB histograms of which an evaluation fills a few pages cost
+    nothing to create (torch.zeros writes every byte: ~10 ms each)."""
+    if device is None or device.type == "cpu":
+        return torch.from_numpy(np.zeros(n, dtype=np.int64))
+    return torch.zeros(n, dtype=torch.int64, device=device)
+
+
 def _as_device(device: torch.device | str | None) -> torch.device | None:
     return None if device is None else torch.device(device)
 
@@ -599,13 +608,13 @@ class AnomalyMetric:
         self.bits = int(bits)
         self._device = _as_device(device)
         self._given_offset = None if offset is None else float(np.float32(offset)) + 0.0
-        self.pos_hist = torch.zeros(1 << self.bits, dtype=torch.int64, device=self._device or "cpu")
-        self.neg_hist = torch.zeros_like(self.pos_hist)
+        self.pos_hist = _zeros(1 << self.bits, self._device)
+        self.neg_hist = _zeros(1 << self.bits, self._device)
         # Per bin, the sum and the sum of squares of the scores' positions inside the bin (the low
         # 32 - bits bits of their key): they are equal for all of the bin's pixels exactly when
         # count * squares == sum**2, i.e. when the bin's ties are real ties (`tie_bound`).
-        self.res_sum = torch.zeros_like(self.pos_hist)
-        self.res_sq = torch.zeros_like(self.pos_hist)
+        self.res_sum = _zeros(1 << self.bits, self._device)
+        self.res_sq = _zeros(1 << self.bits, self._device)
         self.offset_state = torch.zeros(3, dtype=torch.float64, device=self.pos_hist.device)
         self._set_offset(self._given_offset)
         self._refine: dict | None = None  # the exact second pass of `resolve_ties`
@@ -764,14 +773,32 @@ class AnomalyMetric:
         return offset
 
     def _add_state(
-        self, first: int, counts: torch.Tensor, inside: torch.Tensor, squares: torch.Tensor
+        self,
+        first: int,
+        counts: torch.Tensor,
+        inside: torch.Tensor,
+        squares: torch.Tensor,
+        occupied: np.ndarray | None = None,
     ) -> None:
-        """Add `_span_state`'s counts and in-bin sums, bins ``first`` onwards, to the state."""
-        end = first + counts.shape[0]
-        self.neg_hist[first:end] += counts[:, 0].to(self.device)
-        self.pos_hist[first:end] += counts[:, 1].to(self.device)
-        self.res_sum[first:end] += inside.to(self.device)
-        self.res_sq[first:end] += squares.to(self.device)
+        """Add `_span_state`'s counts and in-bin sums, bins ``first`` onwards, to the state; with
+        ``occupied`` (the span's non-empty bins) only those, which is far less than a span of scores
+        that straddle the offset (half a million bins)."""
+        if occupied is None:
+            end = first + counts.shape[0]
+            self.neg_hist[first:end] += counts[:, 0].to(self.device)
+            self.pos_hist[first:end] += counts[:, 1].to(self.device)
+            self.res_sum[first:end] += inside.to(self.device)
+            self.res_sq[first:end] += squares.to(self.device)
+            return
+        at = torch.from_numpy(occupied).to(counts.device)
+        bins = (at + first).to(self.device)
+        for hist, values in (
+            (self.neg_hist, counts[:, 0]),
+            (self.pos_hist, counts[:, 1]),
+            (self.res_sum, inside),
+            (self.res_sq, squares),
+        ):
+            hist.index_add_(0, bins, values[at].to(self.device))
 
     # ------------------------------------------------------------------ tied bins
 
@@ -1090,10 +1117,11 @@ class PerImageAnomalyMetric:
             if span is None:  # no counted pixel
                 curves.append(None)
                 continue
-            if pooled is not None:
-                pooled._add_state(*span)
             counts = span[1].cpu().numpy()
-            nonzero = np.flatnonzero(counts[:, 0] | counts[:, 1])[::-1]  # highest bin first
+            occupied = np.flatnonzero(counts[:, 0] | counts[:, 1])
+            if pooled is not None:
+                pooled._add_state(*span, occupied=occupied)
+            nonzero = occupied[::-1]  # highest bin first
             pos, neg = counts[nonzero, 1], counts[nonzero, 0]
             if not pos.any() or not neg.any():
                 curves.append(None)

@@ -426,6 +426,17 @@ def _trapezoids(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.sum(np.diff(x) * (y[1:] + y[:-1])) / 2.0)
 
 
+def _bin_index(shifted: torch.Tensor, label: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``bin * 2 + label`` (int32, as `_score_index`) and each score's position inside its bin (the
+    low ``32 - bits`` bits of its full key, float64 for the weighted bincounts), in one key pass."""
+    key = _score_index(shifted, None, 32)  # the full order-preserving key
+    inside = (key & ((1 << (32 - bits)) - 1)).to(torch.float64)
+    key >>= 32 - bits
+    key += 1 << (bits - 1)
+    key <<= 1
+    return key.add_(label), inside
+
+
 def _span_state(
     shifted: torch.Tensor, label: torch.Tensor, keep: torch.Tensor | None, bits: int
 ) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor] | None:
@@ -439,12 +450,7 @@ def _span_state(
         of the scores' positions inside their bin (the low ``32 - bits`` bits of the key), Shape (n,)
         int64 each), or None when no pixel is counted.
     """
-    key = _score_index(shifted, None, 32)  # the full order-preserving key
-    inside = (key & ((1 << (32 - bits)) - 1)).to(torch.float64)
-    key >>= 32 - bits
-    key += 1 << (bits - 1)
-    key <<= 1
-    index = key.add_(label)  # bin * 2 + (1 if anomaly)
+    index, inside = _bin_index(shifted, label, bits)
     span = _span_counts(index, keep)
     if span is None:
         return None
@@ -469,6 +475,26 @@ def _pure_bins(count: np.ndarray, inside: np.ndarray, squares: np.ndarray) -> np
 #: so (`tie_bounds`): per image the image is then ranked exactly; pooled, `AnomalyMetric.compute`
 #: warns and `lib.test.evaluate` resolves the bins that tie in a second, exact pass.
 TIE_TOLERANCE = 1e-3
+
+
+def _tie_terms(
+    tps: np.ndarray, fps: np.ndarray, pure: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per bin (`tie_bounds`' order): anomaly and inlier counts (0 in a pure bin: an exact tie is no
+    error) and the bin's share of the AUPR and of the AUROC bound (float64 arrays)."""
+    tps = tps.astype(np.float64)
+    fps = fps.astype(np.float64)
+    n_pos, n_neg = tps[-1], fps[-1]
+    pos = np.diff(tps, prepend=0.0)
+    neg = np.diff(fps, prepend=0.0)
+    tp, fp = tps - pos, fps - neg  # above each bin
+    if pure is not None:
+        pos, neg = np.where(pure, 0.0, pos), np.where(pure, 0.0, neg)
+    has_pos = pos > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        best = np.where(has_pos, (tp + pos) / (tp + fp + pos), 0.0)
+        worst = np.where(has_pos, (tp + 1) / (tp + fp + neg + 1), 0.0)
+    return pos, neg, pos / n_pos * (best - worst), pos * neg / (2.0 * n_pos * n_neg)
 
 
 def tie_bounds(tps: np.ndarray, fps: np.ndarray, pure: np.ndarray | None = None) -> dict[str, float]:
@@ -499,18 +525,11 @@ def tie_bounds(tps: np.ndarray, fps: np.ndarray, pure: np.ndarray | None = None)
     tps = tps.astype(np.float64)
     fps = fps.astype(np.float64)
     n_pos, n_neg = tps[-1], fps[-1]
-    pos = np.diff(tps, prepend=0.0)
-    neg = np.diff(fps, prepend=0.0)
-    tp, fp = tps - pos, fps - neg  # above each bin
-    if pure is not None:  # an exact tie is no error: such a bin takes no part below
-        pos, neg = np.where(pure, 0.0, pos), np.where(pure, 0.0, neg)
-    has_pos = pos > 0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        best = np.where(has_pos, (tp + pos) / (tp + fp + pos), 0.0)
-        worst = np.where(has_pos, (tp + 1) / (tp + fp + neg + 1), 0.0)
-    aupr = float(np.sum(pos / n_pos * (best - worst)))
-    auroc = float(np.sum(pos * neg) / (2.0 * n_pos * n_neg))
-    mixed = has_pos & (neg > 0)
+    pos, neg, aupr_terms, auroc_terms = _tie_terms(tps, fps, pure)
+    tp, fp = tps - np.diff(tps, prepend=0.0), fps - np.diff(fps, prepend=0.0)  # above each bin
+    aupr = float(aupr_terms.sum())
+    auroc = float(auroc_terms.sum())
+    mixed = (pos > 0) & (neg > 0)
     fpr95 = 0.0
     if mixed.any():
         recall_hi, recall_lo = tps / n_pos, tp / n_pos
@@ -736,10 +755,10 @@ class AnomalyMetric:
         check_no_nan(x, keep)
         offset = self._offset_for(x, keep)
         n_bins = 1 << self.bits
-        if self._refine is not None:
-            self._add_fine(_shifted(raw, x, offset), label, keep)
-            return
         shifted = _shifted(raw, x, offset)
+        if self._refine is not None:
+            self._add_fine(shifted, label, keep)
+            return
         if shifted.device.type == "cpu":
             # Count only the span of bins this batch touches (scores of one image usually fill a few
             # thousand of the 2**bits bins): no histogram-sized array per update. (On a GPU the
@@ -748,12 +767,7 @@ class AnomalyMetric:
             if span is not None:
                 self._add_state(*span)
             return
-        key = _score_index(shifted, None, 32)  # the full order-preserving key
-        inside = (key & ((1 << (32 - self.bits)) - 1)).to(torch.float64)  # position inside the bin
-        key >>= 32 - self.bits
-        key += 1 << (self.bits - 1)
-        key <<= 1
-        index = key.add_(label)  # bin * 2 + (1 if anomaly)
+        index, inside = _bin_index(shifted, label, self.bits)
         if keep is not None:
             # Uncounted pixels go to one extra bin that is dropped: no boolean indexing.
             index.masked_fill_(~keep, 2 * n_bins)
@@ -817,7 +831,7 @@ class AnomalyMetric:
 
     def _pure(self, bins: np.ndarray) -> np.ndarray:
         """Whether every pixel of each bin has the same score (float32 key): count * squares == sum**2."""
-        count = (self.pos_hist + self.neg_hist).detach().cpu().numpy()[bins]
+        count = self.pos_hist.detach().cpu().numpy()[bins] + self.neg_hist.detach().cpu().numpy()[bins]
         total = self.res_sum.detach().cpu().numpy()[bins]
         squares = self.res_sq.detach().cpu().numpy()[bins]
         return _pure_bins(count, total, squares)
@@ -845,13 +859,8 @@ class AnomalyMetric:
             or max(tie_bounds(tps, fps, pure).values()) <= tolerance
         ):
             return 0
-        n_pos, n_neg = float(tps[-1]), float(fps[-1])
-        p, n = np.diff(tps, prepend=0).astype(np.float64), np.diff(fps, prepend=0).astype(np.float64)
-        tp, fp = tps - p, fps - n
-        with np.errstate(divide="ignore", invalid="ignore"):
-            aupr = np.where(p > 0, p / n_pos * ((tp + p) / (tp + fp + p) - (tp + 1) / (tp + fp + n + 1)), 0.0)
-        weight = aupr + p * n / (2 * n_pos * n_neg) + n / n_neg * ((p > 0) & (n > 0))  # FPR95: any mixed bin
-        weight[pure] = 0.0  # real ties: exact already
+        p, n, aupr, auroc = _tie_terms(tps, fps, pure)  # pure bins: 0, exact already
+        weight = aupr + auroc + n / float(fps[-1]) * ((p > 0) & (n > 0))  # FPR95: any mixed bin
         order = np.argsort(-weight, kind="stable")
         left = np.cumsum(weight[order][::-1])[::-1]  # what stays tied if bins order[:k] are resolved
         k = int(np.searchsorted(-left, -tolerance / 2)) if left.size else 0
@@ -914,7 +923,7 @@ class AnomalyMetric:
     def _cumulative(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(bins, tps, fps) at each non-empty bin, from the highest score down (int64 numpy).
 
-        Kept until the counts change (their totals and the counted pixels' keys are checked), so
+        Kept until the counts change (their totals are checked), so
         `tie_bound`, `compute` under several rule sets and `curves` walk the histograms once."""
         pos = self.pos_hist.detach().cpu().numpy()
         neg = self.neg_hist.detach().cpu().numpy()
@@ -1013,8 +1022,8 @@ class PerImageAnomalyMetric:
 
     Each image's metrics come from its counted pixels, by default from the same order-preserving
     bins as `AnomalyMetric` (``bits``, an offset chosen by the first update by its rule, or the
-    pooled metric's when ``update`` feeds one too), counted with one sort of each image's integer
-    keys, so scores closer than ``2**-(bits - 9) * |score - offset|`` are tied. Binning never drifts: when
+    pooled metric's when ``update`` feeds one too), counted with one bincount over the span of bins
+    each image touches, so scores closer than ``2**-(bits - 9) * |score - offset|`` are tied. Binning never drifts: when
     `tie_bounds` says an image's binned AUPR, AUROC or FPR95 may be more than `TIE_TOLERANCE` from its
     exact value (e.g. a cluster of scores far from the offset inside one bin), that image is ranked
     exactly (`exact_curve`) and counted in ``n_exact``. ``exact=True`` ranks every image exactly,
@@ -1076,8 +1085,8 @@ class PerImageAnomalyMetric:
             scores: higher = more anomalous. Shape (B, H, W) (any shape whose first dim is the image).
             is_anomaly: bool, same shape. valid: optional bool, same shape (pixels to count).
                 Both are moved to the device of ``scores``; the state stays on its own device.
-            pooled: also count these pixels into this pooled metric (its bins and offset): one sort
-                of each image's keys serves both, instead of one pass each (not with ``exact``).
+            pooled: also count these pixels into this pooled metric (its bins and offset): one
+                bincount per image serves both, instead of one pass each.
         """
         if scores.shape != is_anomaly.shape or (valid is not None and valid.shape != scores.shape):
             raise ValueError("scores, is_anomaly and valid must have the same shape (B, H, W)")

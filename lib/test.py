@@ -378,7 +378,6 @@ def evaluate(
         if closed_set:
             known_target = torch.where(is_anomaly, torch.full_like(masks, IGNORE_INDEX), masks)
             confusion.update(prediction, known_target)
-        non_void = masks != IGNORE_INDEX
         pixel_masks = pixel_masks_of(masks)
         try:
             scores = compute_scores(logits, tuple(score_names), sml_stats=sml_stats)
@@ -390,13 +389,13 @@ def evaluate(
             ) from None
         for (pixels, aggregation), by_score in states.items():
             if aggregation == "pooled" and (pixels, "per-image") in states:
-                continue  # the per-image update below counts these pixels into it too: one sort
+                continue  # the per-image update below counts these pixels into it too: one pass
             pooled = states.get((pixels, "pooled")) if aggregation == "per-image" else None
             for name, score in scores.items():
                 extra = {"pooled": pooled[name]} if pooled else {}
                 by_score[name].update(score, is_anomaly, pixel_masks[pixels], **extra)
         for name, store in stores.items():
-            store.append(scores[name], torch.where(non_void, is_anomaly.to(torch.uint8), 255))
+            store.append(scores[name], torch.where(pixel_masks["non-void"], is_anomaly.to(torch.uint8), 255))
         for i in range(min(keep_examples - len(examples), images.shape[0])):
             examples.append(
                 Example(
@@ -456,10 +455,10 @@ def _resolve_pooled_ties(model, batches, spec, states, pixel_masks_of, *, device
             stacklevel=3,
         )
         return
-    counts = {name: metric.resolve_ties() for _, name, metric in todo}
+    n_bins = sum(metric.resolve_ties() for _, _, metric in todo)  # every state, two may share a score
     warnings.warn(
         f"evaluate: the pooled bins of {what} tie anomaly and inlier scores that differ beyond {TIE_TOLERANCE:g} "
-        f"of AUPR / AUROC / FPR95 ({sum(counts.values())} bins); ranking those bins exactly in a second pass "
+        f"of AUPR / AUROC / FPR95 ({n_bins} bins); ranking those bins exactly in a second pass "
         "over the test set",
         RuntimeWarning,
         stacklevel=3,

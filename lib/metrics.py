@@ -19,8 +19,10 @@ States are plain tensors listed by ``state_tensors``; summing them across proces
 from __future__ import annotations
 
 import math
+import mmap
 import warnings
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -71,11 +73,12 @@ def check_no_nan(
 
 
 def _zeros(n: int, device: torch.device | None) -> torch.Tensor:
-    """An int64 zero vector. On the CPU from numpy's calloc: the OS hands out zero pages as they
-    are first touched, so four 8 MiB histograms of which an evaluation fills a few pages cost
-    nothing to create (torch.zeros writes every byte: ~10 ms each)."""
+    """An int64 zero vector. On the CPU in an anonymous memory map: the OS hands out zero pages as
+    they are first touched, so four 8 MiB histograms of which an evaluation touches a few pages
+    cost nothing to create (torch.zeros writes every byte, ~10 ms each, and so does calloc when
+    the allocator reuses freed memory for it)."""
     if device is None or device.type == "cpu":
-        return torch.from_numpy(np.zeros(n, dtype=np.int64))
+        return torch.frombuffer(mmap.mmap(-1, max(n, 1) * 8), dtype=torch.int64, count=n)
     return torch.zeros(n, dtype=torch.int64, device=device)
 
 
@@ -330,29 +333,58 @@ def _shifted(scores: torch.Tensor, x: torch.Tensor, offset: float | None) -> tor
     return x - offset
 
 
-def _span_counts(index: torch.Tensor, keep: torch.Tensor | None) -> tuple[int, torch.Tensor] | None:
-    """Histogram of `_score_index` keys over the span of bins they touch.
+def _block_bits(bits: int) -> tuple[int, int]:
+    """(log2 of the bins per block, log2 of the number of blocks) for ``2**bits`` bins: a block is
+    a binade of ``|score - offset|`` (``2**(bits - 9)`` bins: 1 sign + 8 exponent bits come first),
+    one bin when ``bits < 9``."""
+    per_block = max(bits - 9, 0)
+    return per_block, bits - per_block
+
+
+def _span_counts(
+    index: torch.Tensor, keep: torch.Tensor | None, bits: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Histogram of `_score_index` keys over the blocks of bins they touch, empty blocks left out.
+
+    Scores that straddle the offset touch bins on both sides of the centre, and between the
+    smallest ``|score - offset|`` (a float32 step of the offset) and 0 lie some 200 empty binades:
+    a histogram over the whole span would be half a million bins for a few thousand occupied.
+    So the keys are grouped in aligned blocks of ``2**(bits - 9)`` bins (`_block_bits`: a binade),
+    and only the blocks that hold a counted pixel are laid side by side.
 
     Args:
-        index: keys ``bin * 2 + label`` (int32, flat; modified in place).
+        index: keys ``bin * 2 + label`` (int32, flat; modified in place: it ends up as the
+            compact key, uncounted pixels one past the compact span).
         keep: optional bool mask of the pixels to count.
 
     Returns:
-        (first bin, counts of Shape (n_bins_in_span, 2) int64 as [inlier, anomaly]), or None when
-        no pixel is counted.
+        (the first bin of each kept block, Shape (n_blocks,) int64; counts, Shape (n_blocks *
+        bins_per_block, 2) int64 as [inlier, anomaly], bin ``b`` of block ``k`` in row
+        ``k * bins_per_block + b``), numpy on the CPU, or None when no pixel is counted.
     """
+    per_block, block_count = _block_bits(bits)
+    shift = per_block + 1  # a block is 2**shift keys (two labels per bin)
+    n_blocks = 1 << block_count
     if keep is not None:
-        index.masked_fill_(~keep, -1)
-    hi = int(index.max())
-    if hi < 0:
+        index.masked_fill_(~keep, n_blocks << shift)  # block n_blocks: past every real block
+    blocks = index >> shift
+    used = np.flatnonzero(torch.bincount(blocks, minlength=n_blocks + 1)[:n_blocks].cpu().numpy())
+    if used.size == 0:
         return None
-    end = (hi | 1) + 1  # just past the (inlier, anomaly) pair of the highest bin
-    if keep is not None:
-        index.masked_fill_(~keep, end)  # one slot past the span, dropped below
-    lo = int(index.min()) & ~1  # even: pairs stay aligned
-    index -= lo
-    counts = torch.bincount(index, minlength=end - lo + 1)[: end - lo].view(-1, 2)
-    return lo // 2, counts
+    first = int(used[0])
+    index &= (1 << shift) - 1
+    if int(used[-1]) - first + 1 == used.size:  # one run of blocks: a plain shift
+        blocks -= first
+        if keep is not None:
+            blocks.clamp_(max=used.size)  # uncounted pixels: one block past the span
+    else:
+        table = np.full(n_blocks + 1, used.size, dtype=np.int32)
+        table[used] = np.arange(used.size, dtype=np.int32)
+        blocks = torch.from_numpy(table).to(blocks.device).index_select(0, blocks)
+    index += blocks << shift
+    size = used.size << shift
+    counts = torch.bincount(index, minlength=size + 1)[:size].view(-1, 2).cpu().numpy()
+    return used.astype(np.int64) << per_block, counts
 
 
 def _bin_lower_edges(bins: np.ndarray, bits: int) -> np.ndarray:
@@ -439,29 +471,33 @@ def _bin_index(shifted: torch.Tensor, label: torch.Tensor, bits: int) -> tuple[t
 
 def _span_state(
     shifted: torch.Tensor, label: torch.Tensor, keep: torch.Tensor | None, bits: int
-) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """Counts and in-bin sums of a group of pixels over the span of bins they touch.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """Counts and in-bin sums of a group of pixels at the bins they occupy (`_span_counts`).
 
     Args:
         shifted: float32 scores minus the offset. label: int32 0/1. keep: optional bool. Shape (N,).
 
     Returns:
-        (first bin, counts of Shape (n, 2) int64 as [inlier, anomaly], the sum and the sum of squares
-        of the scores' positions inside their bin (the low ``32 - bits`` bits of the key), Shape (n,)
-        int64 each), or None when no pixel is counted.
+        Numpy arrays on the CPU: the occupied bins, increasing, Shape (n,) int64; their counts,
+        Shape (n, 2) int64 as [inlier, anomaly]; the sum and the sum of squares of the scores'
+        positions inside their bin (the low ``32 - bits`` bits of the key), Shape (n,) int64 each.
+        None when no pixel is counted.
     """
     index, inside = _bin_index(shifted, label, bits)
-    span = _span_counts(index, keep)
+    span = _span_counts(index, keep, bits)
     if span is None:
         return None
-    first, counts = span
+    block_bins, counts = span
     n = counts.shape[0]
-    index >>= 1  # the bin inside the span (uncounted pixels: one past it)
+    index >>= 1  # the row of each pixel's bin (uncounted pixels: one past the span)
+    rows = np.flatnonzero((counts[:, 0] | counts[:, 1]) != 0)  # (numpy finds bools faster than ints)
+    per_block = _block_bits(bits)[0]
+    bins = block_bins[rows >> per_block] + (rows & ((1 << per_block) - 1))
     sums = [
-        torch.bincount(index, weights=w, minlength=n + 1)[:n].to(torch.int64)
+        torch.bincount(index, weights=w, minlength=n + 1).cpu().numpy()[rows].astype(np.int64)
         for w in (inside, inside * inside)
     ]
-    return first, counts, sums[0], sums[1]
+    return bins, counts[rows], sums[0], sums[1]
 
 
 def _pure_bins(count: np.ndarray, inside: np.ndarray, squares: np.ndarray) -> np.ndarray:
@@ -477,24 +513,37 @@ def _pure_bins(count: np.ndarray, inside: np.ndarray, squares: np.ndarray) -> np
 TIE_TOLERANCE = 1e-3
 
 
-def _tie_terms(
-    tps: np.ndarray, fps: np.ndarray, pure: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per bin (`tie_bounds`' order): anomaly and inlier counts (0 in a pure bin: an exact tie is no
-    error) and the bin's share of the AUPR and of the AUROC bound (float64 arrays)."""
+class _TieTerms(NamedTuple):
+    """`_tie_terms`' result: per bin that ties can move (float64 arrays but ``at``)."""
+
+    at: np.ndarray  # the bins' indices (int64)
+    pos: np.ndarray  # their anomaly pixels
+    neg: np.ndarray  # their inlier pixels
+    tp: np.ndarray  # anomaly pixels above them
+    fp: np.ndarray  # inlier pixels above them
+    aupr: np.ndarray  # their shares of the AUPR bound
+    auroc: np.ndarray  # their shares of the AUROC bound
+
+
+def _tie_terms(tps: np.ndarray, fps: np.ndarray, pure: np.ndarray | None) -> _TieTerms:
+    """The bins whose ties can move a metric (`tie_bounds`' order): those with an anomaly pixel and,
+    when ``pure`` is given, more than one score; the others (no anomaly, or an exact tie) add
+    nothing to any bound."""
     tps = tps.astype(np.float64)
     fps = fps.astype(np.float64)
     n_pos, n_neg = tps[-1], fps[-1]
     pos = np.diff(tps, prepend=0.0)
-    neg = np.diff(fps, prepend=0.0)
-    tp, fp = tps - pos, fps - neg  # above each bin
+    moving = pos > 0
     if pure is not None:
-        pos, neg = np.where(pure, 0.0, pos), np.where(pure, 0.0, neg)
-    has_pos = pos > 0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        best = np.where(has_pos, (tp + pos) / (tp + fp + pos), 0.0)
-        worst = np.where(has_pos, (tp + 1) / (tp + fp + neg + 1), 0.0)
-    return pos, neg, pos / n_pos * (best - worst), pos * neg / (2.0 * n_pos * n_neg)
+        moving &= ~pure
+    at = np.flatnonzero(moving)
+    pos = pos[at]
+    fp = np.where(at > 0, fps[at - 1], 0.0)  # above each bin
+    neg = fps[at] - fp
+    tp = tps[at] - pos
+    best = (tp + pos) / (tp + fp + pos)
+    worst = (tp + 1) / (tp + fp + neg + 1)
+    return _TieTerms(at, pos, neg, tp, fp, pos / n_pos * (best - worst), pos * neg / (2.0 * n_pos * n_neg))
 
 
 def tie_bounds(tps: np.ndarray, fps: np.ndarray, pure: np.ndarray | None = None) -> dict[str, float]:
@@ -522,26 +571,22 @@ def tie_bounds(tps: np.ndarray, fps: np.ndarray, pure: np.ndarray | None = None)
     Returns:
         ``{"AUPR", "AUROC", "FPR95"}`` bounds (fractions).
     """
-    tps = tps.astype(np.float64)
-    fps = fps.astype(np.float64)
-    n_pos, n_neg = tps[-1], fps[-1]
-    pos, neg, aupr_terms, auroc_terms = _tie_terms(tps, fps, pure)
-    tp, fp = tps - np.diff(tps, prepend=0.0), fps - np.diff(fps, prepend=0.0)  # above each bin
-    aupr = float(aupr_terms.sum())
-    auroc = float(auroc_terms.sum())
-    mixed = (pos > 0) & (neg > 0)
-    fpr95 = 0.0
+    t = _tie_terms(tps, fps, pure)
+    out = {"AUPR": float(t.aupr.sum()), "AUROC": float(t.auroc.sum()), "FPR95": 0.0}
+    mixed = t.neg > 0
     if mixed.any():
-        recall_hi, recall_lo = tps / n_pos, tp / n_pos
+        n_pos, n_neg = float(tps[-1]), float(fps[-1])
+        recall_hi = tps / n_pos
         # The binned choice (anomaly-seg rule: nearest recall); others choose within the same reach.
         chosen = int(np.argmin(np.abs(np.concatenate(([0.0], recall_hi)) - 0.95)))
         reach = abs((0.0 if chosen == 0 else recall_hi[chosen - 1]) - 0.95)
-        chosen_fp = 0.0 if chosen == 0 else fps[chosen - 1]
-        near = mixed & (recall_lo <= 0.95 + reach) & (recall_hi >= 0.95 - reach)
+        chosen_fp = 0.0 if chosen == 0 else float(fps[chosen - 1])
+        near = mixed & (t.tp / n_pos <= 0.95 + reach) & (recall_hi[t.at] >= 0.95 - reach)
         if near.any():
-            moves = np.maximum(np.abs(fp[near] - chosen_fp), np.abs(fp[near] + neg[near] - chosen_fp))
-            fpr95 = float(moves.max() / n_neg)
-    return {"AUPR": aupr, "AUROC": auroc, "FPR95": fpr95}
+            fp, neg = t.fp[near], t.neg[near]
+            moves = np.maximum(np.abs(fp - chosen_fp), np.abs(fp + neg - chosen_fp))
+            out["FPR95"] = float(moves.max() / n_neg)
+    return out
 
 
 class AnomalyMetric:
@@ -634,6 +679,11 @@ class AnomalyMetric:
         # count * squares == sum**2, i.e. when the bin's ties are real ties (`tie_bound`).
         self.res_sum = _zeros(1 << self.bits, self._device)
         self.res_sq = _zeros(1 << self.bits, self._device)
+        # Pixels counted per block of 2**(bits - 9) bins (a binade of |score - offset|): `compute`
+        # reads only the blocks that hold pixels, and a changed state changes these sums.
+        self.block_counts = torch.zeros(
+            1 << _block_bits(self.bits)[1], dtype=torch.int64, device=self.pos_hist.device
+        )
         self.offset_state = torch.zeros(3, dtype=torch.float64, device=self.pos_hist.device)
         self._set_offset(self._given_offset)
         self._refine: dict | None = None  # the exact second pass of `resolve_ties`
@@ -647,8 +697,10 @@ class AnomalyMetric:
 
     @property
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        """The live state tensors by attribute name: the anomaly and inlier histograms (int64) and
-        ``offset_state`` (float64: [number of offsets, sum, sum of squares]).
+        """The live state tensors by attribute name: the anomaly and inlier histograms and the in-bin
+        position sums (int64, one entry per bin), ``block_counts`` (int64: the pixels counted in each
+        block of ``2**(bits - 9)`` bins; whoever writes the histograms directly must keep it their
+        block sums) and ``offset_state`` (float64: [number of offsets, sum, sum of squares]).
 
         Summing each over processes (e.g. ``dist.all_reduce`` in place) merges the states, provided
         every process binned around the same offset (checked by ``update``, ``compute``, ``curves``).
@@ -658,6 +710,7 @@ class AnomalyMetric:
             "neg_hist": self.neg_hist,
             "res_sum": self.res_sum,
             "res_sq": self.res_sq,
+            "block_counts": self.block_counts,
             "offset_state": self.offset_state,
         }
 
@@ -690,7 +743,7 @@ class AnomalyMetric:
 
     def reset(self) -> None:
         """Forget every counted pixel and a chosen offset (the state stays on its device)."""
-        for hist in (self.pos_hist, self.neg_hist, self.res_sum, self.res_sq):
+        for hist in (self.pos_hist, self.neg_hist, self.res_sum, self.res_sq, self.block_counts):
             hist.zero_()
         self._set_offset(self._given_offset)
         self._refine = None
@@ -712,7 +765,7 @@ class AnomalyMetric:
             )
         if mine is None and theirs is not None:
             self._set_offset(theirs)
-        for name in ("pos_hist", "neg_hist", "res_sum", "res_sq"):
+        for name in ("pos_hist", "neg_hist", "res_sum", "res_sq", "block_counts"):
             getattr(self, name).add_(getattr(other, name).to(self.device))
         return self
 
@@ -720,7 +773,7 @@ class AnomalyMetric:
         if self._device is None:
             self._device = device
             if self.pos_hist.device != device:
-                for name in ("pos_hist", "neg_hist", "res_sum", "res_sq", "offset_state"):
+                for name in ("pos_hist", "neg_hist", "res_sum", "res_sq", "block_counts", "offset_state"):
                     setattr(self, name, getattr(self, name).to(device))
         return self.pos_hist.device
 
@@ -754,19 +807,24 @@ class AnomalyMetric:
         keep = None if valid is None else valid.detach().reshape(-1).to(device=device, dtype=torch.bool)
         check_no_nan(x, keep)
         offset = self._offset_for(x, keep)
-        n_bins = 1 << self.bits
         shifted = _shifted(raw, x, offset)
         if self._refine is not None:
             self._add_fine(shifted, label, keep)
             return
         if shifted.device.type == "cpu":
-            # Count only the span of bins this batch touches (scores of one image usually fill a few
+            # Count only the bins this batch occupies (scores of one image usually fill a few
             # thousand of the 2**bits bins): no histogram-sized array per update. (On a GPU the
-            # full-size bincount below is cheap, and reading the span would cost a synchronisation.)
+            # full-size bincount of `_add_full` is cheap, and the span would cost synchronisations.)
             span = _span_state(shifted, label, keep, self.bits)
             if span is not None:
                 self._add_state(*span)
             return
+        self._add_full(shifted, label, keep)
+
+    def _add_full(self, shifted: torch.Tensor, label: torch.Tensor, keep: torch.Tensor | None) -> None:
+        """Count pixels with bincounts the size of the whole histogram (the GPU path of `update`;
+        the same state as `_span_state` + `_add_state`, without reading anything back)."""
+        n_bins = 1 << self.bits
         index, inside = _bin_index(shifted, label, self.bits)
         if keep is not None:
             # Uncounted pixels go to one extra bin that is dropped: no boolean indexing.
@@ -774,6 +832,7 @@ class AnomalyMetric:
         counts = torch.bincount(index, minlength=2 * n_bins + 1)[: 2 * n_bins].view(n_bins, 2)
         self.neg_hist += counts[:, 0]
         self.pos_hist += counts[:, 1]
+        self.block_counts += counts.reshape(self.block_counts.numel(), -1).sum(dim=1)
         index >>= 1
         for hist, weights in ((self.res_sum, inside), (self.res_sq, inside * inside)):
             hist += torch.bincount(index, weights=weights, minlength=n_bins + 1)[:n_bins].to(torch.int64)
@@ -787,32 +846,19 @@ class AnomalyMetric:
         return offset
 
     def _add_state(
-        self,
-        first: int,
-        counts: torch.Tensor,
-        inside: torch.Tensor,
-        squares: torch.Tensor,
-        occupied: np.ndarray | None = None,
+        self, bins: np.ndarray, counts: np.ndarray, inside: np.ndarray, squares: np.ndarray
     ) -> None:
-        """Add `_span_state`'s counts and in-bin sums, bins ``first`` onwards, to the state; with
-        ``occupied`` (the span's non-empty bins) only those, which is far less than a span of scores
-        that straddle the offset (half a million bins)."""
-        if occupied is None:
-            end = first + counts.shape[0]
-            self.neg_hist[first:end] += counts[:, 0].to(self.device)
-            self.pos_hist[first:end] += counts[:, 1].to(self.device)
-            self.res_sum[first:end] += inside.to(self.device)
-            self.res_sq[first:end] += squares.to(self.device)
-            return
-        at = torch.from_numpy(occupied).to(counts.device)
-        bins = (at + first).to(self.device)
+        """Add `_span_state`'s counts and in-bin sums of the bins it occupies to the state."""
+        at = torch.from_numpy(bins).to(self.device)
+        per_block = torch.from_numpy(counts[:, 0] + counts[:, 1]).to(self.device)
+        self.block_counts.index_add_(0, at >> _block_bits(self.bits)[0], per_block)
         for hist, values in (
             (self.neg_hist, counts[:, 0]),
             (self.pos_hist, counts[:, 1]),
             (self.res_sum, inside),
             (self.res_sq, squares),
         ):
-            hist.index_add_(0, bins, values[at].to(self.device))
+            hist.index_add_(0, at, torch.from_numpy(np.ascontiguousarray(values)).to(self.device))
 
     # ------------------------------------------------------------------ tied bins
 
@@ -859,8 +905,9 @@ class AnomalyMetric:
             or max(tie_bounds(tps, fps, pure).values()) <= tolerance
         ):
             return 0
-        p, n, aupr, auroc = _tie_terms(tps, fps, pure)  # pure bins: 0, exact already
-        weight = aupr + auroc + n / float(fps[-1]) * ((p > 0) & (n > 0))  # FPR95: any mixed bin
+        t = _tie_terms(tps, fps, pure)  # the other bins: exact already
+        weight = np.zeros(bins.size)
+        weight[t.at] = t.aupr + t.auroc + t.neg / float(fps[-1]) * (t.neg > 0)  # FPR95: any mixed bin
         order = np.argsort(-weight, kind="stable")
         left = np.cumsum(weight[order][::-1])[::-1]  # what stays tied if bins order[:k] are resolved
         k = int(np.searchsorted(-left, -tolerance / 2)) if left.size else 0
@@ -923,14 +970,20 @@ class AnomalyMetric:
     def _cumulative(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(bins, tps, fps) at each non-empty bin, from the highest score down (int64 numpy).
 
-        Kept until the counts change (their totals are checked), so
-        `tie_bound`, `compute` under several rule sets and `curves` walk the histograms once."""
-        pos = self.pos_hist.detach().cpu().numpy()
-        neg = self.neg_hist.detach().cpu().numpy()
-        stamp = (int(pos.sum()), int(neg.sum()))
+        Reads only the blocks of bins that hold pixels (``block_counts``), and keeps the walk until
+        the counts change (their block sums are compared), so `tie_bound`, `compute` under several
+        rule sets and `curves` walk the histograms once."""
+        blocks = self.block_counts.detach().cpu().numpy()
+        stamp = blocks.tobytes()
         if self._walked is not None and self._walked[0] == stamp:
             return self._walked[1]
-        bins = np.flatnonzero(pos | neg)[::-1]  # counts are >= 0: nonzero together iff either is
+        pos = self.pos_hist.detach().cpu().numpy()
+        neg = self.neg_hist.detach().cpu().numpy()
+        block_shift = _block_bits(self.bits)[0]
+        # Every bin of every occupied block, highest first, then those with a pixel.
+        bins = (np.flatnonzero(blocks)[::-1, None] << block_shift) + np.arange((1 << block_shift) - 1, -1, -1)
+        bins = bins.reshape(-1)
+        bins = bins[(pos[bins] | neg[bins]) != 0]  # counts are >= 0: nonzero together iff either is
         walked = bins, np.cumsum(pos[bins]), np.cumsum(neg[bins])
         self._walked = (stamp, walked, {})
         return walked
@@ -1126,17 +1179,15 @@ class PerImageAnomalyMetric:
             if span is None:  # no counted pixel
                 curves.append(None)
                 continue
-            counts = span[1].cpu().numpy()
-            occupied = np.flatnonzero(counts[:, 0] | counts[:, 1])
             if pooled is not None:
-                pooled._add_state(*span, occupied=occupied)
-            nonzero = occupied[::-1]  # highest bin first
-            pos, neg = counts[nonzero, 1], counts[nonzero, 0]
+                pooled._add_state(*span)
+            counts, inside, squares = (t[::-1] for t in span[1:])  # highest bin first
+            pos, neg = counts[:, 1], counts[:, 0]
             if not pos.any() or not neg.any():
                 curves.append(None)
                 continue
             curve = np.cumsum(pos), np.cumsum(neg)
-            pure = _pure_bins(pos + neg, span[2].cpu().numpy()[nonzero], span[3].cpu().numpy()[nonzero])
+            pure = _pure_bins(pos + neg, inside, squares)
             if max(tie_bounds(*curve, pure).values()) > TIE_TOLERANCE:
                 curve = self._exact(flat[i], y[i], image_keep)  # the bins tie what matters: rank exactly
                 ranked_exactly += 1

@@ -90,6 +90,42 @@ def compute_scores(
         NonFiniteLogitsError: a pixel's logits hold +inf or NaN, or are all -inf (the message names
             the image of the batch and the pixel).
     """
+    return scores_and_prediction(logits, names, sml_stats=sml_stats, check_finite=check_finite)[1]
+
+
+def _count_dtype(classes: int) -> torch.dtype:
+    """The dtype to count up to ``classes`` in: uint8 where it cannot overflow (several times faster
+    than int64 on the CPU), int32 otherwise and in an ONNX export (its ReduceSum takes no uint8)."""
+    return torch.uint8 if classes < 256 and not torch.onnx.is_in_onnx_export() else torch.int32
+
+
+def first_max_index(is_max: torch.Tensor) -> torch.Tensor:
+    """Index of the first True along dim 1 (argmax's rule for tied maxima), int64.
+
+    ``logits.argmax(dim=1)`` is ``first_max_index(logits == logits.amax(dim=1, keepdim=True))`` for
+    logits without NaN; from a mask already at hand it is several times faster than ``max(dim=1)``
+    (which is itself ~10x faster than ``argmax(dim=1)`` on the CPU). A column without True gives
+    ``C``. Shape (B, C, ...) -> (B, ...).
+    """
+    c = is_max.shape[1]
+    rank = torch.arange(c, 0, -1, dtype=_count_dtype(c), device=is_max.device)
+    rank = rank.view(1, c, *([1] * (is_max.dim() - 2)))  # C, C-1, ..., 1: the first True ranks highest
+    return c - (is_max * rank).amax(dim=1).to(torch.int64)
+
+
+def scores_and_prediction(
+    logits: torch.Tensor,
+    names: tuple[str, ...] = SCORES,
+    *,
+    sml_stats: SMLStatistics | None = None,
+    check_finite: bool = True,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`compute_scores` and the predicted class of each pixel, read from the same maximum.
+
+    Returns:
+        (prediction, scores): the prediction is ``logits.argmax(dim=1)`` (the first class on ties),
+        int64 Shape (B, H, W), at a fraction of argmax's cost; the scores are `compute_scores`'.
+    """
     unknown = [n for n in names if n not in ALL_SCORES]
     if unknown:
         raise ValueError(f"unknown score(s) {unknown}; valid scores: {', '.join(ALL_SCORES)}")
@@ -101,11 +137,13 @@ def compute_scores(
         _check_finite_max(z_max, logits)
     d = z - z_max  # <= 0, exactly 0 at the maximal class(es); -inf for -inf logits or a float32 overflow
     is_max = d == 0
+    prediction = first_max_index(is_max)
     # Mass of the non-maximal classes relative to the maximal one, summed without the maximal
     # class's 1 (so 1 + tiny - 1 never happens): for a confident pixel it is ~1e-9 and must not
     # round to zero. Ties for the maximum add their exact 1s back.
     e = torch.exp(d).masked_fill_(is_max, 0.0)
-    rest = e.sum(dim=1) + (is_max.sum(dim=1) - 1)
+    n_max = is_max.sum(dim=1, dtype=_count_dtype(z.shape[1]))
+    rest = e.sum(dim=1) + (n_max.to(torch.int32) - 1)
     log1p_rest = torch.log1p(rest)  # = logsumexp(z) - max(z) = -log(max softmax)
     z_max = z_max.squeeze(1)
     out: dict[str, torch.Tensor] = {}
@@ -122,11 +160,11 @@ def compute_scores(
     if "energy" in names or "abet" in names:
         out["energy"] = out["abet"] = -(z_max + log1p_rest)
     if "sml" in names:
-        out["sml"] = sml_stats.standardize(z_max, z.max(dim=1).indices)
+        out["sml"] = sml_stats.standardize(z_max, prediction)
     if "pans" in names:
         # 1 - (max cosine logit + s) / (2 s): the distance of the nearest prototype, in [0, 1].
         out["pans"] = 1.0 - (z_max + PANS_SCALE) / (2 * PANS_SCALE)
-    return {name: out[name] for name in names}
+    return prediction, {name: out[name] for name in names}
 
 
 class SMLStatistics:

@@ -51,7 +51,7 @@ from lib.metrics import (
     PerImageAnomalyMetric,
     best_f1_threshold,
 )
-from lib.scores import NonFiniteLogitsError, SMLStatistics, compute_scores
+from lib.scores import NonFiniteLogitsError, SMLStatistics, compute_scores, scores_and_prediction
 
 
 @dataclass
@@ -370,7 +370,14 @@ def evaluate(
         images = images.to(device, non_blocking=True)
         masks = masks.to(device, non_blocking=True)
         logits = predict_logits(model, normalize(images), flip=flip, scales=scales, window=window)
-        prediction = logits.max(dim=1).indices  # max(dim) is ~4x faster than argmax(dim) on CPU
+        try:
+            prediction, scores = scores_and_prediction(logits, tuple(score_names), sml_stats=sml_stats)
+        except NonFiniteLogitsError as error:
+            raise NonFiniteLogitsError(
+                f"test batch {batch_index} (image {num_images + error.image} of the split): {error}",
+                error.image,
+                error.pixel,
+            ) from None
         # Anomaly pixels are not a known class: they count for the anomaly metrics only.
         is_anomaly = (
             masks == anomaly_id if anomaly_id is not None else torch.zeros_like(masks, dtype=torch.bool)
@@ -379,14 +386,6 @@ def evaluate(
             known_target = torch.where(is_anomaly, torch.full_like(masks, IGNORE_INDEX), masks)
             confusion.update(prediction, known_target)
         pixel_masks = pixel_masks_of(masks)
-        try:
-            scores = compute_scores(logits, tuple(score_names), sml_stats=sml_stats)
-        except NonFiniteLogitsError as error:
-            raise NonFiniteLogitsError(
-                f"test batch {batch_index} (image {num_images + error.image} of the split): {error}",
-                error.image,
-                error.pixel,
-            ) from None
         for (pixels, aggregation), by_score in states.items():
             if aggregation == "pooled" and (pixels, "per-image") in states:
                 continue  # the per-image update below counts these pixels into it too: one pass

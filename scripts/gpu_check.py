@@ -282,8 +282,8 @@ def check_pooled(ctx: Context) -> str:
         assert cpu.offset == dev.offset, (
             f"{name}: offsets differ: cpu {cpu.offset}, {ctx.device} {dev.offset}"
         )
-        assert torch.equal(dev.pos_hist.cpu(), cpu.pos_hist), f"{name}: anomaly histograms differ"
-        assert torch.equal(dev.neg_hist.cpu(), cpu.neg_hist), f"{name}: inlier histograms differ"
+        for state, tensor in cpu.state_tensors.items():  # counts, in-bin sums, block sums, offset
+            assert torch.equal(dev.state_tensors[state].cpu(), tensor), f"{name}: {state} differs"
         ref, got = cpu.compute(), dev.compute()
         diff, key = max_diff(ref, got, ["AUPR", "AUROC", "FPR95"])
         assert diff <= METRIC_TOL, f"{name} {key}: cpu {ref[key]} vs {ctx.device} {got[key]}"

@@ -409,6 +409,31 @@ def test_anomaly_empty_warns():
     assert AnomalyMetric().curves()["precision"].size == 0
 
 
+@pytest.mark.parametrize("bits", [20, 12, 5])
+def test_occupied_bins_path_equals_full_histogram_path(bits):
+    """The CPU update counts only the bins a batch occupies, in blocks (binades) laid side by side;
+    the GPU's full-size bincount (`_add_full`, run here on the CPU) must give the same state. Scores
+    straddle the offset (the blocks are not one run), some are +-inf, zero or tiny, some uncounted."""
+    g = torch.Generator().manual_seed(11)
+    s = torch.cat(
+        [torch.randn(5000, generator=g) * 1e-3 + 2.5, torch.tensor([0.0, -0.0, 1e-40, -3e38, 3e38])]
+    )
+    s = torch.cat([s, torch.tensor([float("inf"), float("-inf"), 2.5, 2.5])])
+    y = torch.rand(s.shape, generator=g) < 0.2
+    valid = torch.rand(s.shape, generator=g) < 0.9
+    span, full = AnomalyMetric(bits=bits), AnomalyMetric(bits=bits)
+    for metric in (span, full):
+        metric.update(s[:100], y[:100], valid[:100])  # the first batch chooses the offset (the median)
+    assert span.offset == full.offset == pytest.approx(2.5, abs=1e-2)
+    span.update(s, y, valid)
+    shifted = s.float() - full.offset
+    full._add_full(shifted, y.to(torch.int32), valid)
+    for name, tensor in span.state_tensors.items():
+        assert torch.equal(tensor, full.state_tensors[name]), name
+    assert int(span.block_counts.sum()) == int(valid[:100].sum() + valid.sum())
+    assert span.compute() == full.compute()
+
+
 def test_anomaly_state_size_constant():
     metric = AnomalyMetric(bits=16)
 
@@ -416,12 +441,14 @@ def test_anomaly_state_size_constant():
         return sum(t.numel() * t.element_size() for t in metric.state_tensors.values())
 
     before = state_bytes()
-    assert before == 4 * 2**16 * 8 + 3 * 8  # four int64 histograms (counts, in-bin sums), the offset_state
+    # four int64 histograms (counts, in-bin sums), 2**9 block sums of 2**7 bins each, the offset_state
+    assert before == 4 * 2**16 * 8 + 2**9 * 8 + 3 * 8
     g = torch.Generator().manual_seed(6)
     for _ in range(50):
         metric.update(torch.randn(10_000, generator=g), torch.rand(10_000, generator=g) < 0.1)
     assert state_bytes() == before
     assert metric.pos_hist.sum() + metric.neg_hist.sum() == 500_000
+    assert torch.equal(metric.block_counts, (metric.pos_hist + metric.neg_hist).view(2**9, 2**7).sum(dim=1))
     metric.reset()
     assert state_bytes() == before and metric.pos_hist.sum() == 0
 
@@ -444,6 +471,8 @@ def test_anomaly_compute_on_full_histogram_matches_weighted_sklearn():
     metric = AnomalyMetric(bits=16)  # every bin non-empty
     metric.pos_hist.random_(0, 3, generator=torch.Generator().manual_seed(7))
     metric.neg_hist.random_(1, 50, generator=torch.Generator().manual_seed(8))
+    blocks = metric.block_counts.numel()  # a state written by hand keeps its block sums
+    metric.block_counts.copy_((metric.pos_hist + metric.neg_hist).view(blocks, -1).sum(dim=1))
     out = metric.compute()
     n = metric.pos_hist.numel()
     score = np.concatenate([np.arange(n), np.arange(n)])  # bin index orders like the scores

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from lib.scores import compute_scores, energy, entropy, maxlogit, msp
+from lib.scores import compute_scores, energy, entropy, first_max_index, maxlogit, msp, scores_and_prediction
 
 
 def _logits(seed=0):
@@ -50,6 +50,22 @@ def test_tied_maxima():
     logits = torch.tensor([3.0, 3.0, -50.0]).view(1, 3, 1, 1)
     assert msp(logits).item() == pytest.approx(math.log(2.0), rel=1e-6)
     assert entropy(logits).item() == pytest.approx(math.log(2.0), rel=1e-6)
+
+
+@pytest.mark.parametrize("classes", [2, 13, 300])
+def test_prediction_is_argmax_first_on_ties(classes):
+    g = torch.Generator().manual_seed(classes)
+    logits = torch.randint(-3, 4, (2, classes, 9, 7), generator=g).float()  # many tied maxima
+    logits[0, :, 0, 0] = -torch.inf
+    logits[0, classes - 1, 0, 0] = 5.0  # the last class, the rest -inf
+    logits[1, :, 1, 1] = 2.0  # every class tied: the first
+    prediction, scores = scores_and_prediction(logits, ("msp", "entropy"))
+    assert prediction.dtype == torch.int64 and torch.equal(prediction, logits.argmax(dim=1))
+    assert prediction[0, 0, 0] == classes - 1 and prediction[1, 1, 1] == 0
+    assert all(torch.equal(scores[n], compute_scores(logits, ("msp", "entropy"))[n]) for n in scores)
+    assert torch.equal(
+        first_max_index(torch.zeros(1, classes, 2, dtype=torch.bool)), torch.full((1, 2), classes)
+    )
 
 
 def test_compute_scores_shapes_and_unknown_name():

@@ -288,8 +288,8 @@ def _choose_offset(x: torch.Tensor, keep: torch.Tensor | None) -> float | None:
         A float32 value as a Python float (+0.0, never -0.0), or None when no counted score is
         finite. It is the median ``m`` of the finite counted scores among every ``N // 2**16``-th
         pixel (all of them if that sample has none) if ``|m| > 4 * median(|score - m|)``, else 0.0.
-        Equal inputs give the same offset on every device: ``torch.median`` (the lower middle
-        value) selects a value, and ``|score - m|`` is one correctly rounded float32 operation.
+        Equal inputs give the same offset on every device: the median is the lower middle value
+        (`_lower_median`, a selection), and ``|score - m|`` is one correctly rounded float32 operation.
     """
 
     def finite_counted(sample: torch.Tensor, counted: torch.Tensor | None) -> torch.Tensor:
@@ -305,10 +305,20 @@ def _choose_offset(x: torch.Tensor, keep: torch.Tensor | None) -> float | None:
         values = finite_counted(x, keep)  # the sample missed the few counted scores
     if values.numel() == 0:
         return None
-    median = values.median()
-    deviation = (values - median).abs_().median()
-    far = float(median.abs()) > _OFFSET_MIN_DEVIATIONS * float(deviation)
-    return float(median) + 0.0 if far else 0.0  # + 0.0 turns -0.0 into 0.0
+    median = _lower_median(values)
+    deviation = _lower_median((values - median).abs_())
+    far = abs(median) > _OFFSET_MIN_DEVIATIONS * deviation
+    return median + 0.0 if far else 0.0  # + 0.0 turns -0.0 into 0.0
+
+
+def _lower_median(values: torch.Tensor) -> float:
+    """``values.median()`` (the lower of the two middle values) as a Python float; on the CPU by
+    numpy's selection, ten times faster than torch's and the same value."""
+    if values.device.type != "cpu":
+        return float(values.median())
+    array = values.numpy()
+    middle = (array.size - 1) // 2
+    return float(np.partition(array, middle)[middle])
 
 
 def _shifted(scores: torch.Tensor, x: torch.Tensor, offset: float | None) -> torch.Tensor:

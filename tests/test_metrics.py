@@ -434,6 +434,17 @@ def test_occupied_bins_path_equals_full_histogram_path(bits):
     assert span.compute() == full.compute()
 
 
+@pytest.mark.parametrize("n", [1, 2, 7, 10, 65_536])
+def test_lower_median_is_torch_median(n):
+    from lib.metrics import _lower_median
+
+    g = torch.Generator().manual_seed(n)
+    values = torch.randint(-5, 6, (n,), generator=g).float() * 0.3  # many duplicates, negatives
+    assert _lower_median(values) == float(values.median())
+    values = torch.randn(n, generator=g)
+    assert _lower_median(values) == float(values.median())
+
+
 def test_anomaly_state_size_constant():
     metric = AnomalyMetric(bits=16)
 

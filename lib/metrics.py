@@ -608,8 +608,11 @@ class AnomalyMetric:
     (below) and cast to float32, and ``d = score - offset`` is mapped to an integer with the same
     order as the floats (see `_score_bins`); its top ``bits`` bits index two int64 histograms of
     ``2**bits`` bins, one for anomaly and one for inlier pixels, filled by one ``torch.bincount``
-    per update. Memory is ``2 * 2**bits * 8`` bytes (16 MiB at the default ``bits=20``) however
-    many pixels are streamed.
+    per update (on the CPU over the binades the update occupies only, `_span_counts`). Two more
+    per-bin sums tell real ties from binning ties (`tie_bound`) and ``block_counts`` sums the
+    counts per binade. Memory is ``4 * 2**bits * 8`` bytes (32 MiB at the default ``bits=20``;
+    on the CPU only the pages an evaluation touches are ever backed) however many pixels are
+    streamed.
 
     The approximation: scores in the same bin are tied (one threshold). Bins never straddle a
     power of two of ``|d|``, and each binade ``[2**e, 2**(e+1))`` of ``|d|`` (likewise for
@@ -663,7 +666,7 @@ class AnomalyMetric:
     ``ValueError`` (pixels outside ``valid`` are not checked).
 
     Args:
-        bits: ``2**bits`` bins per histogram (memory ``2**(bits + 4)`` bytes), in [1, 28].
+        bits: ``2**bits`` bins per histogram (memory ``2**(bits + 5)`` bytes), in [1, 28].
         offset: the shift of every score before binning (rounded to float32); None: chosen by
             the first update with a finite counted score (the rule above).
         device: where the state lives; None: the device of the first update's scores.
@@ -673,7 +676,7 @@ class AnomalyMetric:
         self, *, bits: int = 20, offset: float | None = None, device: torch.device | str | None = None
     ) -> None:
         if not 1 <= int(bits) <= 28:
-            raise ValueError(f"bits must be in [1, 28] (memory 2**(bits + 4) bytes), got {bits}")
+            raise ValueError(f"bits must be in [1, 28] (memory 2**(bits + 5) bytes), got {bits}")
         if offset is not None and not abs(float(offset)) <= _FLOAT32_MAX:
             raise ValueError(
                 f"offset must be a finite float32 value (|offset| <= {_FLOAT32_MAX:g}), got {offset}; "

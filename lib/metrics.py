@@ -956,8 +956,9 @@ class AnomalyMetric:
         if keys_u.size > refine["max_keys"]:
             refine["overflow"] = True
 
-    def _refined_cumulative(self) -> tuple[np.ndarray, np.ndarray]:
-        """(tps, fps) of the first pass's bins with the resolved bins replaced by their exact keys."""
+    def _refined_cumulative(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(keys, tps, fps) of the first pass's bins with the resolved bins replaced by their exact
+        keys, from the highest down; ``keys`` are `_full_keys` (a kept bin: its lowest key)."""
         refine = self._refine
         shift = 32 - self.bits
         pos = self.pos_hist.detach().cpu().numpy().copy()
@@ -976,7 +977,7 @@ class AnomalyMetric:
         values, first = np.unique(-order_keys[order], return_index=True)  # group equal keys
         p_grouped = np.add.reduceat(p[order], first)
         n_grouped = np.add.reduceat(n[order], first)
-        return np.cumsum(p_grouped), np.cumsum(n_grouped)
+        return -values, np.cumsum(p_grouped), np.cumsum(n_grouped)
 
     # ------------------------------------------------------------------ compute
 
@@ -1012,7 +1013,7 @@ class AnomalyMetric:
         """
         self._checked_offset()  # histograms summed across different offsets mean nothing
         if self._refine is not None:
-            tps, fps = self._refined_cumulative()
+            _, tps, fps = self._refined_cumulative()
         else:
             _, tps, fps = self._cumulative()
         n_pos = int(tps[-1]) if tps.size else 0
@@ -1056,12 +1057,19 @@ class AnomalyMetric:
         * ``fpr``, ``tpr``: with (0, 0) prepended, so ``np.trapezoid(tpr, fpr) == AUROC``.
 
         Empty arrays when nothing was counted; NaN recall/TPR (FPR) without positives (negatives).
+        After a second pass (`resolve_ties`), the resolved bins' points are their exact scores
+        (a threshold per distinct float32 ``score - offset``), as in `compute`.
 
         Raises:
             RuntimeError: the state sums states binned around different offsets (see ``offset``).
         """
         offset = self._checked_offset() or 0.0
-        bins, tps, fps = self._cumulative()
+        if self._refine is not None:
+            keys, tps, fps = self._refined_cumulative()
+            edges = _bin_lower_edges(keys, 32)  # a key's own float32 (a kept bin: its lowest)
+        else:
+            bins, tps, fps = self._cumulative()
+            edges = _bin_lower_edges(bins, self.bits)
         tps_f, fps_f = tps.astype(np.float64), fps.astype(np.float64)
         n_pos = tps_f[-1] if tps.size else 0.0
         n_neg = fps_f[-1] if fps.size else 0.0
@@ -1070,7 +1078,7 @@ class AnomalyMetric:
             fpr = fps_f / n_neg
             precision = tps_f / (tps_f + fps_f)
         return {
-            "thresholds": _bin_lower_edges(bins, self.bits) + offset,
+            "thresholds": edges + offset,
             "tps": tps,
             "fps": fps,
             "precision": precision,

@@ -221,6 +221,19 @@ def test_cluster_case_pooled_warns_then_resolves_exactly():
     for rules in ("smiyc", "pytorch-ood"):
         expected = exact_rank_metrics(scores, anomaly, rules)
         assert metric.compute(rules)["AUPR"] == pytest.approx(expected["AUPR"], abs=1e-12)
+    # The curves (and so the components' best-F1 threshold) follow the second pass too.
+    from sklearn.metrics import precision_recall_curve
+
+    from lib.metrics import best_f1_threshold
+
+    curves = metric.curves()
+    assert np.all(np.diff(curves["thresholds"]) < 0) and curves["tps"][-1] == anomaly.sum()
+    assert np.trapezoid(curves["tpr"], curves["fpr"]) == pytest.approx(exact["AUROC"], abs=1e-12)
+    precision, recall, thresholds = precision_recall_curve(anomaly, scores)
+    f1 = np.where(
+        precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-300), 0.0
+    )
+    assert best_f1_threshold(metric) == thresholds[int(np.argmax(f1[:-1]))]
 
 
 def test_continuous_scores_need_no_second_pass():

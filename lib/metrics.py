@@ -672,6 +672,9 @@ class AnomalyMetric:
         device: where the state lives; None: the device of the first update's scores.
     """
 
+    #: The state tensors that counting adds to (`state_tensors` also holds ``offset_state``).
+    _COUNTED = ("pos_hist", "neg_hist", "res_sum", "res_sq", "block_counts")
+
     def __init__(
         self, *, bits: int = 20, offset: float | None = None, device: torch.device | str | None = None
     ) -> None:
@@ -718,14 +721,7 @@ class AnomalyMetric:
         Summing each over processes (e.g. ``dist.all_reduce`` in place) merges the states, provided
         every process binned around the same offset (checked by ``update``, ``compute``, ``curves``).
         """
-        return {
-            "pos_hist": self.pos_hist,
-            "neg_hist": self.neg_hist,
-            "res_sum": self.res_sum,
-            "res_sq": self.res_sq,
-            "block_counts": self.block_counts,
-            "offset_state": self.offset_state,
-        }
+        return {name: getattr(self, name) for name in (*self._COUNTED, "offset_state")}
 
     @property
     def offset(self) -> float | None:
@@ -756,8 +752,8 @@ class AnomalyMetric:
 
     def reset(self) -> None:
         """Forget every counted pixel and a chosen offset (the state stays on its device)."""
-        for hist in (self.pos_hist, self.neg_hist, self.res_sum, self.res_sq, self.block_counts):
-            hist.zero_()
+        for name in self._COUNTED:
+            getattr(self, name).zero_()
         self._set_offset(self._given_offset)
         self._refine = None
 
@@ -778,7 +774,7 @@ class AnomalyMetric:
             )
         if mine is None and theirs is not None:
             self._set_offset(theirs)
-        for name in ("pos_hist", "neg_hist", "res_sum", "res_sq", "block_counts"):
+        for name in self._COUNTED:
             getattr(self, name).add_(getattr(other, name).to(self.device))
         return self
 
@@ -786,8 +782,8 @@ class AnomalyMetric:
         if self._device is None:
             self._device = device
             if self.pos_hist.device != device:
-                for name in ("pos_hist", "neg_hist", "res_sum", "res_sq", "block_counts", "offset_state"):
-                    setattr(self, name, getattr(self, name).to(device))
+                for name, tensor in self.state_tensors.items():
+                    setattr(self, name, tensor.to(device))
         return self.pos_hist.device
 
     # ------------------------------------------------------------------ update
@@ -997,8 +993,9 @@ class AnomalyMetric:
         # Every bin of every occupied block, highest first, then those with a pixel.
         bins = (np.flatnonzero(blocks)[::-1, None] << block_shift) + np.arange((1 << block_shift) - 1, -1, -1)
         bins = bins.reshape(-1)
-        bins = bins[(pos[bins] | neg[bins]) != 0]  # counts are >= 0: nonzero together iff either is
-        walked = bins, np.cumsum(pos[bins]), np.cumsum(neg[bins])
+        p, n = pos[bins], neg[bins]
+        occupied = (p | n) != 0  # counts are >= 0: nonzero together iff either is
+        walked = bins[occupied], np.cumsum(p[occupied]), np.cumsum(n[occupied])
         self._walked = (stamp, walked, {})
         return walked
 
